@@ -1,0 +1,1 @@
+"""PostgreSQL servers crmdb can start: the embedded wheel, local binaries, Docker."""

