@@ -79,13 +79,14 @@ def resolve_target(dsn: str | None, env: Mapping[str, str] = os.environ) -> Targ
 
 def _first_line(exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    return lines[0] if lines else exc.__class__.__name__
+    line = lines[0] if lines else exc.__class__.__name__
+    return line.removeprefix("connection is bad: ")
 
 
-def connect(target: Target, *, autocommit: bool = False, **params: str) -> psycopg.Connection:
+def connect(target: Target, *, autocommit: bool = False) -> psycopg.Connection:
     """Open a connection; unreachable servers and refused logins become CrmdbError."""
     try:
-        return psycopg.connect(target.conninfo, autocommit=autocommit, **params)
+        return psycopg.connect(target.conninfo, autocommit=autocommit)
     except psycopg.OperationalError as exc:
         raise CrmdbError(
             f"cannot connect to {target.describe()} (from {target.source}): {_first_line(exc)}"
@@ -96,7 +97,8 @@ def server_error(exc: psycopg.Error) -> CrmdbError:
     """A database error as one line: the server's message and, if any, its detail."""
     diag = exc.diag
     message = diag.message_primary or _first_line(exc)
-    if diag.message_detail:
+    # "Failing row contains (...)" would print a whole row, sensitive fields included.
+    if diag.message_detail and not diag.message_detail.startswith("Failing row contains"):
         message += f" ({diag.message_detail})"
     return CrmdbError(message)
 

@@ -1,15 +1,18 @@
--- Rolls back 0001: drops crmdb's schemas and the employee and gateway roles they
--- bound, then crmdb's own roles unless another database still uses them.
+-- Rolls back 0001: drops crmdb's schemas and the employee, gateway and template roles
+-- they bound, then crmdb's own roles, each unless another database still uses it.
 
 DO $$
 DECLARE
+    v_roles name[];
     v_role name;
 BEGIN
-    FOR v_role IN
-        SELECT role_name FROM crm.employees
-        UNION
-        SELECT role_name FROM crm_private.gateways
-    LOOP
+    SELECT pg_catalog.array_agg(r.role_name) INTO v_roles
+      FROM (SELECT role_name FROM crm.employees
+            UNION SELECT role_name FROM crm_private.gateways
+            UNION SELECT rolname FROM pg_catalog.pg_roles WHERE rolname LIKE 'crmdb\_tpl\_%') AS r;
+    -- Schemas first: a grant or policy naming a role would block DROP ROLE.
+    DROP SCHEMA crm_admin, crm_private, crm CASCADE;
+    FOREACH v_role IN ARRAY coalesce(v_roles, '{}') LOOP
         BEGIN
             EXECUTE pg_catalog.format('DROP ROLE IF EXISTS %I', v_role);
         EXCEPTION WHEN dependent_objects_still_exist THEN
@@ -18,8 +21,6 @@ BEGIN
     END LOOP;
 END
 $$;
-
-DROP SCHEMA crm_admin, crm_private, crm CASCADE;
 
 ALTER DEFAULT PRIVILEGES FOR ROLE crmdb_owner GRANT EXECUTE ON FUNCTIONS TO PUBLIC;
 

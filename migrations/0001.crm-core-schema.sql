@@ -82,7 +82,7 @@ CREATE TABLE crm.org_units (
     parent_id   bigint REFERENCES crm.org_units (id),
     timezone    text NOT NULL DEFAULT 'Asia/Ho_Chi_Minh',
     created_at  timestamptz NOT NULL DEFAULT now(),
-    CHECK (parent_id <> id)
+    CONSTRAINT org_units_not_own_parent CHECK (parent_id <> id)
 );
 CREATE INDEX org_units_parent_id_idx ON crm.org_units (parent_id);
 COMMENT ON TABLE crm.org_units IS 'Org units as a tree, from large to small: company, branch/department, team';
@@ -103,8 +103,8 @@ CREATE TABLE crm.employees (
     departed_at  timestamptz,
     created_at   timestamptz NOT NULL DEFAULT now(),
     updated_at   timestamptz NOT NULL DEFAULT now(),
-    CHECK (manager_id <> id),
-    CHECK ((status = 'departed') = (departed_at IS NOT NULL))
+    CONSTRAINT employees_not_own_manager CHECK (manager_id <> id),
+    CONSTRAINT employees_departed_at_iff_departed CHECK ((status = 'departed') = (departed_at IS NOT NULL))
 );
 CREATE INDEX employees_manager_id_idx ON crm.employees (manager_id);
 CREATE INDEX employees_org_unit_id_idx ON crm.employees (org_unit_id);
@@ -334,9 +334,10 @@ AS $$
     -- colleague by passing their role name.
     SELECT e.id
       FROM crm.employees AS e
+      JOIN pg_catalog.pg_roles AS r ON r.rolname = e.role_name
      WHERE e.role_name = p_role
        AND e.status <> 'departed'
-       AND (p_role = session_user OR pg_catalog.pg_has_role(session_user, p_role, 'MEMBER'))
+       AND (p_role = session_user OR pg_catalog.pg_has_role(session_user, r.oid, 'MEMBER'))
 $$;
 COMMENT ON FUNCTION crm_private.employee_id_for(name) IS 'Employee bound to a role the calling session may act as; NULL otherwise or if departed. Use crm.current_employee_id()';
 
@@ -378,23 +379,28 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = ''
 AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
+        -- Rows of one multi-row INSERT may come in any order: link the subtrees of
+        -- children whose own trigger already ran, then attach below the parent as a
+        -- move would (a child whose trigger runs later attaches itself).
         INSERT INTO crm_private.manager_tree (manager_id, employee_id, depth)
         SELECT NEW.id, NEW.id, 0
         UNION ALL
-        SELECT t.manager_id, NEW.id, t.depth + 1
-          FROM crm_private.manager_tree AS t
-         WHERE t.employee_id = NEW.manager_id;
+        SELECT NEW.id, below.employee_id, below.depth + 1
+          FROM crm.employees AS child
+          JOIN crm_private.manager_tree AS below ON below.manager_id = child.id
+         WHERE child.manager_id = NEW.id AND child.id <> NEW.id;
+        IF NEW.manager_id IS NULL THEN
+            RETURN NULL;
+        END IF;
+    ELSIF NEW.manager_id IS NOT DISTINCT FROM OLD.manager_id THEN
         RETURN NULL;
     END IF;
 
-    -- UPDATE OF manager_id: move the employee's whole subtree.
-    IF NEW.manager_id IS NOT DISTINCT FROM OLD.manager_id THEN
-        RETURN NULL;
-    END IF;
+    -- Move (or attach) the employee's whole subtree below the new manager.
     IF EXISTS (SELECT FROM crm_private.manager_tree
                 WHERE manager_id = NEW.id AND employee_id = NEW.manager_id) THEN
         RAISE EXCEPTION 'employee % cannot report to % (a subordinate of theirs): that would make a cycle',
-            NEW.role_name, NEW.manager_id
+            NEW.role_name, (SELECT e.role_name FROM crm.employees AS e WHERE e.id = NEW.manager_id)
             USING ERRCODE = 'check_violation';
     END IF;
     DELETE FROM crm_private.manager_tree AS t
@@ -417,22 +423,27 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = ''
 AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
+        -- Rows of one multi-row INSERT may come in any order: link the subtrees of
+        -- children whose own trigger already ran, then attach below the parent as a
+        -- move would (a child whose trigger runs later attaches itself).
         INSERT INTO crm_private.org_unit_tree (ancestor_id, descendant_id, depth)
         SELECT NEW.id, NEW.id, 0
         UNION ALL
-        SELECT t.ancestor_id, NEW.id, t.depth + 1
-          FROM crm_private.org_unit_tree AS t
-         WHERE t.descendant_id = NEW.parent_id;
+        SELECT NEW.id, below.descendant_id, below.depth + 1
+          FROM crm.org_units AS child
+          JOIN crm_private.org_unit_tree AS below ON below.ancestor_id = child.id
+         WHERE child.parent_id = NEW.id AND child.id <> NEW.id;
+        IF NEW.parent_id IS NULL THEN
+            RETURN NULL;
+        END IF;
+    ELSIF NEW.parent_id IS NOT DISTINCT FROM OLD.parent_id THEN
         RETURN NULL;
     END IF;
 
-    IF NEW.parent_id IS NOT DISTINCT FROM OLD.parent_id THEN
-        RETURN NULL;
-    END IF;
     IF EXISTS (SELECT FROM crm_private.org_unit_tree
                 WHERE ancestor_id = NEW.id AND descendant_id = NEW.parent_id) THEN
         RAISE EXCEPTION 'org unit % cannot move under % (one of its own sub-units): that would make a cycle',
-            NEW.code, NEW.parent_id
+            NEW.code, (SELECT u.code FROM crm.org_units AS u WHERE u.id = NEW.parent_id)
             USING ERRCODE = 'check_violation';
     END IF;
     DELETE FROM crm_private.org_unit_tree AS t
@@ -691,9 +702,13 @@ BEGIN
     END IF;
     SELECT * INTO v_role FROM pg_catalog.pg_roles WHERE rolname = p_role;
     IF FOUND THEN
-        -- Adopting an existing role is fine, unless it could step around RLS.
-        IF v_role.rolsuper OR v_role.rolbypassrls OR v_role.rolcreaterole OR v_role.rolreplication THEN
-            RAISE EXCEPTION 'role "%" exists and has SUPERUSER, BYPASSRLS, CREATEROLE or REPLICATION: it cannot be an employee', p_role
+        -- Adopting an existing role is fine, unless it is, or is a member of, a role
+        -- that could step around RLS (every role is a member of itself).
+        IF EXISTS (SELECT FROM pg_catalog.pg_roles AS r
+                    WHERE pg_catalog.pg_has_role(v_role.oid, r.oid, 'MEMBER')
+                      AND (r.rolsuper OR r.rolbypassrls OR r.rolcreaterole OR r.rolreplication
+                           OR r.rolname = 'crmdb_owner')) THEN
+            RAISE EXCEPTION 'role "%" exists and has, or is a member of a role with, SUPERUSER, BYPASSRLS, CREATEROLE, REPLICATION or crmdb_owner: it cannot be an employee', p_role
                 USING ERRCODE = 'invalid_parameter_value';
         END IF;
         IF EXISTS (SELECT FROM crm_private.gateways WHERE role_name = p_role) THEN
@@ -705,11 +720,18 @@ BEGIN
     IF p_login THEN
         EXECUTE pg_catalog.format('ALTER ROLE %I LOGIN PASSWORD %L', p_role, p_password);
     END IF;
-    EXECUTE pg_catalog.format('GRANT crmdb_employee TO %I', p_role);
+    -- On PostgreSQL 16+ the employee inherits crmdb_employee but cannot SET ROLE to it.
+    EXECUTE pg_catalog.format('GRANT crmdb_employee TO %I%s', p_role,
+        CASE WHEN pg_catalog.current_setting('server_version_num')::int >= 160000
+             THEN ' WITH SET FALSE' ELSE '' END);
     FOR v_gateway IN SELECT role_name FROM crm_private.gateways ORDER BY role_name LOOP
         EXECUTE pg_catalog.format('GRANT %I TO %I', p_role, v_gateway);
     END LOOP;
 
+    IF p_manager IS NOT NULL AND (crm_private.employee_by_role(p_manager)).status = 'departed' THEN
+        RAISE EXCEPTION 'employee "%" has departed and cannot be a manager', p_manager
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     INSERT INTO crm.employees (role_name, full_name, email, title, manager_id, org_unit_id)
     VALUES (p_role, p_full_name, p_email, p_title,
             CASE WHEN p_manager IS NOT NULL THEN (crm_private.employee_by_role(p_manager)).id END,
@@ -731,6 +753,10 @@ DECLARE
 BEGIN
     IF p_manager IS NOT NULL AND p_clear_manager THEN
         RAISE EXCEPTION 'give a new manager or clear the manager, not both' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF p_manager IS NOT NULL AND (crm_private.employee_by_role(p_manager)).status = 'departed' THEN
+        RAISE EXCEPTION 'employee "%" has departed and cannot be a manager', p_manager
+            USING ERRCODE = 'invalid_parameter_value';
     END IF;
     UPDATE crm.employees
        SET manager_id = CASE
@@ -771,13 +797,34 @@ BEGIN
         FOR v_gateway IN SELECT role_name FROM crm_private.gateways ORDER BY role_name LOOP
             EXECUTE pg_catalog.format('REVOKE %I FROM %I', p_role, v_gateway);
         END LOOP;
-        PERFORM pg_catalog.pg_terminate_backend(a.pid)
-           FROM pg_catalog.pg_stat_activity AS a
-          WHERE a.usename = p_role AND a.pid <> pg_catalog.pg_backend_pid();
     END IF;
 END
 $$;
-COMMENT ON FUNCTION crm_admin.set_employee_status(name, crm.employee_status) IS 'Puts an employee on leave, back to active, or departed (login closed, sessions ended)';
+COMMENT ON FUNCTION crm_admin.set_employee_status(name, crm.employee_status) IS 'Puts an employee on leave, back to active, or departed (login closed, gateways revoked, no identity); after commit, end their open sessions with crm_admin.end_sessions';
+
+CREATE FUNCTION crm_admin.end_sessions(p_role name) RETURNS integer
+LANGUAGE plpgsql SET search_path = ''
+AS $$
+DECLARE
+    v_pid integer;
+    v_ended integer := 0;
+BEGIN
+    -- Separate from set_employee_status so that sessions end only once the departure
+    -- is committed (terminating a backend cannot be rolled back). A loop, not a WHERE
+    -- clause: the planner may evaluate conditions in any order, and
+    -- pg_terminate_backend must only ever see this role's sessions.
+    FOR v_pid IN
+        SELECT a.pid FROM pg_catalog.pg_stat_activity AS a
+         WHERE a.usename = p_role AND a.pid <> pg_catalog.pg_backend_pid()
+    LOOP
+        IF pg_catalog.pg_terminate_backend(v_pid) THEN
+            v_ended := v_ended + 1;
+        END IF;
+    END LOOP;
+    RETURN v_ended;
+END
+$$;
+COMMENT ON FUNCTION crm_admin.end_sessions(name) IS 'Ends every open session logged in as p_role; returns how many';
 
 CREATE FUNCTION crm_admin.add_gateway(p_role name, p_password text DEFAULT NULL) RETURNS void
 LANGUAGE plpgsql SET search_path = ''
@@ -823,7 +870,12 @@ LANGUAGE plpgsql SET search_path = ''
 AS $$
 DECLARE
     v_project bigint;
+    v_employee crm.employees := crm_private.employee_by_role(p_role);
 BEGIN
+    IF v_employee.status = 'departed' THEN
+        RAISE EXCEPTION 'employee "%" has departed and cannot join a project', p_role
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     SELECT id INTO v_project FROM crm.projects WHERE code = p_project;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'unknown project "%"', p_project USING ERRCODE = 'no_data_found';
@@ -832,7 +884,7 @@ BEGIN
         RAISE EXCEPTION 'project "%" has no % solution', p_project, p_solution USING ERRCODE = 'no_data_found';
     END IF;
     INSERT INTO crm.project_members (project_id, employee_id, solution, template)
-    VALUES (v_project, (crm_private.employee_by_role(p_role)).id, p_solution, p_template)
+    VALUES (v_project, v_employee.id, p_solution, p_template)
     ON CONFLICT (project_id, employee_id, solution) DO UPDATE SET template = EXCLUDED.template;
 END
 $$;

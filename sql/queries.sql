@@ -60,3 +60,159 @@ ALTER SYSTEM SET synchronous_commit = off
 -- reload_conf --
 -- Apply ALTER SYSTEM settings that need only a reload
 SELECT pg_catalog.pg_reload_conf()
+
+-- Admin API (crm_admin.*; see sql/schema.sql) -----------------------------------
+
+-- add_org_unit --
+-- Add an org unit under a parent unit (by code)
+SELECT crm_admin.add_org_unit(%(code)s, %(name)s, %(kind)s, %(parent)s, %(timezone)s)
+
+-- add_employee --
+-- Add an employee bound to a (new or adopted) role
+SELECT crm_admin.add_employee(%(role)s, %(full_name)s, %(email)s, %(org_unit)s,
+                              %(manager)s, %(title)s, %(login)s, %(password)s)
+
+-- move_employee --
+-- Give an employee a new manager and/or org unit
+SELECT crm_admin.move_employee(%(role)s, %(manager)s, %(org_unit)s, %(clear_manager)s)
+
+-- set_employee_status --
+-- Put an employee on leave, back to active, or departed
+SELECT crm_admin.set_employee_status(%(role)s, %(status)s)
+
+-- end_sessions --
+-- End every open session of a role (after its departure is committed)
+SELECT crm_admin.end_sessions(%(role)s)
+
+-- add_gateway --
+-- Create a gateway login that may SET ROLE to every active employee
+SELECT crm_admin.add_gateway(%(role)s, %(password)s)
+
+-- add_project --
+-- Add a project with its solutions
+SELECT crm_admin.add_project(%(code)s, %(name)s, %(solutions)s::crm.solution[])
+
+-- add_project_member --
+-- Make an employee a member of a project's solution under a role template
+SELECT crm_admin.add_project_member(%(project)s, %(role)s, %(solution)s, %(template)s)
+
+-- list_employees --
+-- Employees with their manager, org unit and status
+SELECT e.role_name, e.full_name, e.email, m.role_name AS manager, u.code AS org_unit, e.status
+  FROM crm.employees AS e
+  JOIN crm.org_units AS u ON u.id = e.org_unit_id
+  LEFT JOIN crm.employees AS m ON m.id = e.manager_id
+ ORDER BY u.code, e.role_name
+
+-- Policies (crmdb policy plan/apply) ------------------------------------------
+
+-- policy_lock --
+-- Serialise policy applies: one at a time per database
+SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('crmdb policy apply'))
+
+-- policy_lock_timeout --
+-- Fail instead of waiting behind long-running queries for table locks
+SET LOCAL lock_timeout = '10s'
+
+-- template_roles --
+-- Template roles that exist, and whether crmdb_owner may grant them
+SELECT r.rolname,
+       pg_catalog.shobj_description(r.oid, 'pg_authid') AS comment,
+       pg_catalog.pg_has_role('crmdb_owner', r.oid, 'MEMBER WITH ADMIN OPTION') AS owner_admin
+  FROM pg_catalog.pg_roles AS r
+ WHERE r.rolname LIKE 'crmdb\_tpl\_%'
+ ORDER BY r.rolname
+
+-- template_memberships --
+-- Which employee role is a member of which template role
+SELECT t.rolname AS template_role, m.rolname AS member
+  FROM pg_catalog.pg_auth_members AS am
+  JOIN pg_catalog.pg_roles AS t ON t.oid = am.roleid
+  JOIN pg_catalog.pg_roles AS m ON m.oid = am.member
+ WHERE t.rolname LIKE 'crmdb\_tpl\_%'
+   AND m.rolname <> 'crmdb_owner'
+ ORDER BY 1, 2
+
+-- wanted_memberships --
+-- Which employee role should be a member of which template role (project_members)
+SELECT DISTINCT 'crmdb_tpl_' || pm.template AS template_role, e.role_name::text AS member
+  FROM crm.project_members AS pm
+  JOIN crm.employees AS e ON e.id = pm.employee_id
+ ORDER BY 1, 2
+
+-- template_grants --
+-- Table privileges that template roles hold on crm tables
+SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) AS table_name,
+       g.rolname AS role, pg_catalog.lower(a.privilege_type) AS privilege
+  FROM pg_catalog.pg_class AS c
+  JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+ CROSS JOIN LATERAL pg_catalog.aclexplode(c.relacl) AS a
+  JOIN pg_catalog.pg_roles AS g ON g.oid = a.grantee
+ WHERE n.nspname = 'crm' AND c.relkind = 'r'
+   AND g.rolname LIKE 'crmdb\_tpl\_%'
+ ORDER BY 1, 2, 3
+
+-- rls_flags --
+-- Row-level security flags of crm tables
+SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) AS table_name,
+       c.relrowsecurity AS enabled, c.relforcerowsecurity AS forced
+  FROM pg_catalog.pg_class AS c
+  JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+ WHERE n.nspname = 'crm' AND c.relkind = 'r'
+ ORDER BY 1
+
+-- managed_policies --
+-- Policies on crm tables other than the owner's, as PostgreSQL normalised them
+SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) AS table_name,
+       p.polname AS name,
+       CASE p.polcmd WHEN 'r' THEN 'select' WHEN 'a' THEN 'insert' WHEN 'w' THEN 'update'
+                     WHEN 'd' THEN 'delete' ELSE 'all' END AS command,
+       p.polpermissive AS permissive,
+       ARRAY(SELECT CASE WHEN r = 0 THEN 'public' ELSE pg_catalog.pg_get_userbyid(r)::text END
+               FROM pg_catalog.unnest(p.polroles) AS r ORDER BY 1) AS roles,
+       pg_catalog.pg_get_expr(p.polqual, p.polrelid) AS using_expr,
+       pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid) AS check_expr,
+       pg_catalog.obj_description(p.oid, 'pg_policy') AS comment
+  FROM pg_catalog.pg_policy AS p
+  JOIN pg_catalog.pg_class AS c ON c.oid = p.polrelid
+  JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+ WHERE n.nspname = 'crm' AND p.polname <> 'crmdb_owner_all'
+ ORDER BY 1, 2
+
+-- normalised_policies --
+-- Expressions of the policies made on a temporary copy of a table, as normalised
+SELECT p.polname AS name,
+       pg_catalog.pg_get_expr(p.polqual, p.polrelid) AS using_expr,
+       pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid) AS check_expr
+  FROM pg_catalog.pg_policy AS p
+ WHERE p.polrelid = pg_catalog.to_regclass(%(temp_table)s)
+
+-- access_paths_source --
+-- The body of the generated explain-access function as it is now
+SELECT p.prosrc
+  FROM pg_catalog.pg_proc AS p
+ WHERE p.oid = 'crm_private.access_paths(name, text, bigint)'::pg_catalog.regprocedure
+
+-- sharing_rule_audience --
+-- Who a sharing rule reaches, and whether its org unit and project exist
+SELECT (%(org_unit)s::text IS NULL OR EXISTS (SELECT FROM crm.org_units WHERE code = %(org_unit)s)) AS unit_ok,
+       (%(project)s::text IS NULL OR EXISTS (SELECT FROM crm.projects WHERE code = %(project)s)) AS project_ok,
+       ARRAY(SELECT x FROM unnest(%(employees)s::text[]) AS x
+              WHERE NOT EXISTS (SELECT FROM crm.employees AS e WHERE e.role_name = x)) AS unknown_employees,
+       (SELECT count(*) FROM crm.employees AS e
+         WHERE e.status <> 'departed'
+           AND (e.role_name = ANY (%(employees)s::text[])
+                OR EXISTS (SELECT FROM crm.org_units AS u
+                             JOIN crm_private.org_unit_tree AS t ON t.ancestor_id = u.id
+                            WHERE u.code = %(org_unit)s AND t.descendant_id = e.org_unit_id
+                              AND (%(sub_units)s OR t.depth = 0)))) AS audience
+
+-- explain_access --
+-- Every path by which an employee may act on a record
+SELECT template, scope, actions, detail
+  FROM crm_private.access_paths(%(role)s, %(table)s, %(id)s)
+ ORDER BY template, scope
+
+-- employee_id_by_role --
+-- An employee's id, or an error naming the unknown employee
+SELECT (crm_private.employee_by_role(%(role)s)).id

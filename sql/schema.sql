@@ -93,7 +93,7 @@ CREATE TABLE crm.org_units (
     parent_id   bigint REFERENCES crm.org_units (id),
     timezone    text NOT NULL DEFAULT 'Asia/Ho_Chi_Minh',
     created_at  timestamptz NOT NULL DEFAULT now(),
-    CHECK (parent_id <> id)
+    CONSTRAINT org_units_not_own_parent CHECK (parent_id <> id)
 );
 CREATE INDEX org_units_parent_id_idx ON crm.org_units (parent_id);
 COMMENT ON TABLE crm.org_units IS 'Org units as a tree, from large to small: company, branch/department, team';
@@ -114,8 +114,8 @@ CREATE TABLE crm.employees (
     departed_at  timestamptz,
     created_at   timestamptz NOT NULL DEFAULT now(),
     updated_at   timestamptz NOT NULL DEFAULT now(),
-    CHECK (manager_id <> id),
-    CHECK ((status = 'departed') = (departed_at IS NOT NULL))
+    CONSTRAINT employees_not_own_manager CHECK (manager_id <> id),
+    CONSTRAINT employees_departed_at_iff_departed CHECK ((status = 'departed') = (departed_at IS NOT NULL))
 );
 CREATE INDEX employees_manager_id_idx ON crm.employees (manager_id);
 CREATE INDEX employees_org_unit_id_idx ON crm.employees (org_unit_id);
@@ -345,9 +345,10 @@ AS $$
     -- colleague by passing their role name.
     SELECT e.id
       FROM crm.employees AS e
+      JOIN pg_catalog.pg_roles AS r ON r.rolname = e.role_name
      WHERE e.role_name = p_role
        AND e.status <> 'departed'
-       AND (p_role = session_user OR pg_catalog.pg_has_role(session_user, p_role, 'MEMBER'))
+       AND (p_role = session_user OR pg_catalog.pg_has_role(session_user, r.oid, 'MEMBER'))
 $$;
 COMMENT ON FUNCTION crm_private.employee_id_for(name) IS 'Employee bound to a role the calling session may act as; NULL otherwise or if departed. Use crm.current_employee_id()';
 
@@ -389,23 +390,28 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = ''
 AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
+        -- Rows of one multi-row INSERT may come in any order: link the subtrees of
+        -- children whose own trigger already ran, then attach below the parent as a
+        -- move would (a child whose trigger runs later attaches itself).
         INSERT INTO crm_private.manager_tree (manager_id, employee_id, depth)
         SELECT NEW.id, NEW.id, 0
         UNION ALL
-        SELECT t.manager_id, NEW.id, t.depth + 1
-          FROM crm_private.manager_tree AS t
-         WHERE t.employee_id = NEW.manager_id;
+        SELECT NEW.id, below.employee_id, below.depth + 1
+          FROM crm.employees AS child
+          JOIN crm_private.manager_tree AS below ON below.manager_id = child.id
+         WHERE child.manager_id = NEW.id AND child.id <> NEW.id;
+        IF NEW.manager_id IS NULL THEN
+            RETURN NULL;
+        END IF;
+    ELSIF NEW.manager_id IS NOT DISTINCT FROM OLD.manager_id THEN
         RETURN NULL;
     END IF;
 
-    -- UPDATE OF manager_id: move the employee's whole subtree.
-    IF NEW.manager_id IS NOT DISTINCT FROM OLD.manager_id THEN
-        RETURN NULL;
-    END IF;
+    -- Move (or attach) the employee's whole subtree below the new manager.
     IF EXISTS (SELECT FROM crm_private.manager_tree
                 WHERE manager_id = NEW.id AND employee_id = NEW.manager_id) THEN
         RAISE EXCEPTION 'employee % cannot report to % (a subordinate of theirs): that would make a cycle',
-            NEW.role_name, NEW.manager_id
+            NEW.role_name, (SELECT e.role_name FROM crm.employees AS e WHERE e.id = NEW.manager_id)
             USING ERRCODE = 'check_violation';
     END IF;
     DELETE FROM crm_private.manager_tree AS t
@@ -428,22 +434,27 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = ''
 AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
+        -- Rows of one multi-row INSERT may come in any order: link the subtrees of
+        -- children whose own trigger already ran, then attach below the parent as a
+        -- move would (a child whose trigger runs later attaches itself).
         INSERT INTO crm_private.org_unit_tree (ancestor_id, descendant_id, depth)
         SELECT NEW.id, NEW.id, 0
         UNION ALL
-        SELECT t.ancestor_id, NEW.id, t.depth + 1
-          FROM crm_private.org_unit_tree AS t
-         WHERE t.descendant_id = NEW.parent_id;
+        SELECT NEW.id, below.descendant_id, below.depth + 1
+          FROM crm.org_units AS child
+          JOIN crm_private.org_unit_tree AS below ON below.ancestor_id = child.id
+         WHERE child.parent_id = NEW.id AND child.id <> NEW.id;
+        IF NEW.parent_id IS NULL THEN
+            RETURN NULL;
+        END IF;
+    ELSIF NEW.parent_id IS NOT DISTINCT FROM OLD.parent_id THEN
         RETURN NULL;
     END IF;
 
-    IF NEW.parent_id IS NOT DISTINCT FROM OLD.parent_id THEN
-        RETURN NULL;
-    END IF;
     IF EXISTS (SELECT FROM crm_private.org_unit_tree
                 WHERE ancestor_id = NEW.id AND descendant_id = NEW.parent_id) THEN
         RAISE EXCEPTION 'org unit % cannot move under % (one of its own sub-units): that would make a cycle',
-            NEW.code, NEW.parent_id
+            NEW.code, (SELECT u.code FROM crm.org_units AS u WHERE u.id = NEW.parent_id)
             USING ERRCODE = 'check_violation';
     END IF;
     DELETE FROM crm_private.org_unit_tree AS t
@@ -702,9 +713,13 @@ BEGIN
     END IF;
     SELECT * INTO v_role FROM pg_catalog.pg_roles WHERE rolname = p_role;
     IF FOUND THEN
-        -- Adopting an existing role is fine, unless it could step around RLS.
-        IF v_role.rolsuper OR v_role.rolbypassrls OR v_role.rolcreaterole OR v_role.rolreplication THEN
-            RAISE EXCEPTION 'role "%" exists and has SUPERUSER, BYPASSRLS, CREATEROLE or REPLICATION: it cannot be an employee', p_role
+        -- Adopting an existing role is fine, unless it is, or is a member of, a role
+        -- that could step around RLS (every role is a member of itself).
+        IF EXISTS (SELECT FROM pg_catalog.pg_roles AS r
+                    WHERE pg_catalog.pg_has_role(v_role.oid, r.oid, 'MEMBER')
+                      AND (r.rolsuper OR r.rolbypassrls OR r.rolcreaterole OR r.rolreplication
+                           OR r.rolname = 'crmdb_owner')) THEN
+            RAISE EXCEPTION 'role "%" exists and has, or is a member of a role with, SUPERUSER, BYPASSRLS, CREATEROLE, REPLICATION or crmdb_owner: it cannot be an employee', p_role
                 USING ERRCODE = 'invalid_parameter_value';
         END IF;
         IF EXISTS (SELECT FROM crm_private.gateways WHERE role_name = p_role) THEN
@@ -716,11 +731,18 @@ BEGIN
     IF p_login THEN
         EXECUTE pg_catalog.format('ALTER ROLE %I LOGIN PASSWORD %L', p_role, p_password);
     END IF;
-    EXECUTE pg_catalog.format('GRANT crmdb_employee TO %I', p_role);
+    -- On PostgreSQL 16+ the employee inherits crmdb_employee but cannot SET ROLE to it.
+    EXECUTE pg_catalog.format('GRANT crmdb_employee TO %I%s', p_role,
+        CASE WHEN pg_catalog.current_setting('server_version_num')::int >= 160000
+             THEN ' WITH SET FALSE' ELSE '' END);
     FOR v_gateway IN SELECT role_name FROM crm_private.gateways ORDER BY role_name LOOP
         EXECUTE pg_catalog.format('GRANT %I TO %I', p_role, v_gateway);
     END LOOP;
 
+    IF p_manager IS NOT NULL AND (crm_private.employee_by_role(p_manager)).status = 'departed' THEN
+        RAISE EXCEPTION 'employee "%" has departed and cannot be a manager', p_manager
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     INSERT INTO crm.employees (role_name, full_name, email, title, manager_id, org_unit_id)
     VALUES (p_role, p_full_name, p_email, p_title,
             CASE WHEN p_manager IS NOT NULL THEN (crm_private.employee_by_role(p_manager)).id END,
@@ -742,6 +764,10 @@ DECLARE
 BEGIN
     IF p_manager IS NOT NULL AND p_clear_manager THEN
         RAISE EXCEPTION 'give a new manager or clear the manager, not both' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF p_manager IS NOT NULL AND (crm_private.employee_by_role(p_manager)).status = 'departed' THEN
+        RAISE EXCEPTION 'employee "%" has departed and cannot be a manager', p_manager
+            USING ERRCODE = 'invalid_parameter_value';
     END IF;
     UPDATE crm.employees
        SET manager_id = CASE
@@ -782,13 +808,34 @@ BEGIN
         FOR v_gateway IN SELECT role_name FROM crm_private.gateways ORDER BY role_name LOOP
             EXECUTE pg_catalog.format('REVOKE %I FROM %I', p_role, v_gateway);
         END LOOP;
-        PERFORM pg_catalog.pg_terminate_backend(a.pid)
-           FROM pg_catalog.pg_stat_activity AS a
-          WHERE a.usename = p_role AND a.pid <> pg_catalog.pg_backend_pid();
     END IF;
 END
 $$;
-COMMENT ON FUNCTION crm_admin.set_employee_status(name, crm.employee_status) IS 'Puts an employee on leave, back to active, or departed (login closed, sessions ended)';
+COMMENT ON FUNCTION crm_admin.set_employee_status(name, crm.employee_status) IS 'Puts an employee on leave, back to active, or departed (login closed, gateways revoked, no identity); after commit, end their open sessions with crm_admin.end_sessions';
+
+CREATE FUNCTION crm_admin.end_sessions(p_role name) RETURNS integer
+LANGUAGE plpgsql SET search_path = ''
+AS $$
+DECLARE
+    v_pid integer;
+    v_ended integer := 0;
+BEGIN
+    -- Separate from set_employee_status so that sessions end only once the departure
+    -- is committed (terminating a backend cannot be rolled back). A loop, not a WHERE
+    -- clause: the planner may evaluate conditions in any order, and
+    -- pg_terminate_backend must only ever see this role's sessions.
+    FOR v_pid IN
+        SELECT a.pid FROM pg_catalog.pg_stat_activity AS a
+         WHERE a.usename = p_role AND a.pid <> pg_catalog.pg_backend_pid()
+    LOOP
+        IF pg_catalog.pg_terminate_backend(v_pid) THEN
+            v_ended := v_ended + 1;
+        END IF;
+    END LOOP;
+    RETURN v_ended;
+END
+$$;
+COMMENT ON FUNCTION crm_admin.end_sessions(name) IS 'Ends every open session logged in as p_role; returns how many';
 
 CREATE FUNCTION crm_admin.add_gateway(p_role name, p_password text DEFAULT NULL) RETURNS void
 LANGUAGE plpgsql SET search_path = ''
@@ -834,7 +881,12 @@ LANGUAGE plpgsql SET search_path = ''
 AS $$
 DECLARE
     v_project bigint;
+    v_employee crm.employees := crm_private.employee_by_role(p_role);
 BEGIN
+    IF v_employee.status = 'departed' THEN
+        RAISE EXCEPTION 'employee "%" has departed and cannot join a project', p_role
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     SELECT id INTO v_project FROM crm.projects WHERE code = p_project;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'unknown project "%"', p_project USING ERRCODE = 'no_data_found';
@@ -843,7 +895,7 @@ BEGIN
         RAISE EXCEPTION 'project "%" has no % solution', p_project, p_solution USING ERRCODE = 'no_data_found';
     END IF;
     INSERT INTO crm.project_members (project_id, employee_id, solution, template)
-    VALUES (v_project, (crm_private.employee_by_role(p_role)).id, p_solution, p_template)
+    VALUES (v_project, v_employee.id, p_solution, p_template)
     ON CONFLICT (project_id, employee_id, solution) DO UPDATE SET template = EXCLUDED.template;
 END
 $$;
@@ -855,5 +907,222 @@ REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA crm, crm_private, crm_admin FROM PUBLI
 ALTER DEFAULT PRIVILEGES FOR ROLE crmdb_owner REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION crm.current_employee_id() TO crmdb_employee;
 GRANT EXECUTE ON FUNCTION crm_private.employee_id_for(name) TO crmdb_employee;
+
+-- Row-level security helpers (generated policies call these) --------------------
+
+CREATE FUNCTION crm_private.subordinate_ids(p_role name) RETURNS bigint[]
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ''
+AS $$
+    SELECT coalesce(array_agg(t.employee_id ORDER BY t.employee_id), '{}')
+      FROM crm_private.manager_tree AS t
+     WHERE t.manager_id = crm_private.employee_id_for(p_role)
+       AND t.depth > 0
+$$;
+COMMENT ON FUNCTION crm_private.subordinate_ids(name) IS 'Employees anywhere below p_role in the manager hierarchy (not p_role itself); empty unless the session may act as p_role';
+
+CREATE FUNCTION crm_private.org_unit_ids(p_role name, p_include_sub_units boolean) RETURNS bigint[]
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ''
+AS $$
+    SELECT coalesce(array_agg(t.descendant_id ORDER BY t.descendant_id), '{}')
+      FROM crm.employees AS e
+      JOIN crm_private.org_unit_tree AS t ON t.ancestor_id = e.org_unit_id
+     WHERE e.id = crm_private.employee_id_for(p_role)
+       AND (p_include_sub_units OR t.depth = 0)
+$$;
+COMMENT ON FUNCTION crm_private.org_unit_ids(name, boolean) IS 'p_role''s org unit, and with p_include_sub_units every unit below it';
+
+CREATE FUNCTION crm_private.project_ids(p_role name, p_template text) RETURNS bigint[]
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ''
+AS $$
+    SELECT coalesce(array_agg(DISTINCT m.project_id ORDER BY m.project_id), '{}')
+      FROM crm.project_members AS m
+     WHERE m.employee_id = crm_private.employee_id_for(p_role)
+       AND m.template = p_template
+$$;
+COMMENT ON FUNCTION crm_private.project_ids(name, text) IS 'Projects where p_role is a member under template p_template (the project guard of every template policy)';
+
+CREATE FUNCTION crm_private.has_template(p_role name, p_template text) RETURNS boolean
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ''
+AS $$
+    SELECT EXISTS (
+        SELECT FROM crm.project_members AS m
+         WHERE m.employee_id = crm_private.employee_id_for(p_role)
+           AND m.template = p_template)
+$$;
+COMMENT ON FUNCTION crm_private.has_template(name, text) IS 'Whether p_role holds template p_template in any project (the guard for tables without a project)';
+
+CREATE FUNCTION crm_private.shared_customer_ids(p_role name, p_edit boolean) RETURNS bigint[]
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ''
+AS $$
+    -- Shares to the employee or to their org unit, not expired; with p_edit only
+    -- shares that allow editing.
+    SELECT coalesce(array_agg(DISTINCT s.customer_id ORDER BY s.customer_id), '{}')
+      FROM crm.employees AS e
+      JOIN crm.shares AS s
+        ON s.grantee_employee_id = e.id OR s.grantee_org_unit_id = e.org_unit_id
+     WHERE e.id = crm_private.employee_id_for(p_role)
+       AND (s.expires_at IS NULL OR s.expires_at > pg_catalog.now())
+       AND (NOT p_edit OR s.access = 'edit')
+$$;
+COMMENT ON FUNCTION crm_private.shared_customer_ids(name, boolean) IS 'Customers shared to p_role or to p_role''s org unit and not expired (only edit shares with p_edit)';
+
+CREATE FUNCTION crm_private.in_audience(
+    p_role name, p_org_unit text, p_include_sub_units boolean, p_employees name[]
+) RETURNS boolean
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ''
+AS $$
+    -- Whether p_role is in a sharing rule's audience: named employees, or members of
+    -- an org unit (and its sub-units).
+    SELECT EXISTS (
+        SELECT FROM crm.employees AS e
+         WHERE e.id = crm_private.employee_id_for(p_role)
+           AND (e.role_name = ANY (p_employees)
+                OR EXISTS (SELECT FROM crm.org_units AS u
+                             JOIN crm_private.org_unit_tree AS t ON t.ancestor_id = u.id
+                            WHERE u.code = p_org_unit
+                              AND t.descendant_id = e.org_unit_id
+                              AND (p_include_sub_units OR t.depth = 0))))
+$$;
+COMMENT ON FUNCTION crm_private.in_audience(name, text, boolean, name[]) IS 'Whether p_role is in a sharing rule''s audience (named employees or an org unit)';
+
+CREATE FUNCTION crm_private.project_id(p_code text) RETURNS bigint
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ''
+AS $$
+    SELECT p.id FROM crm.projects AS p WHERE p.code = p_code
+$$;
+COMMENT ON FUNCTION crm_private.project_id(text) IS 'The id of a project by code (sharing rules name projects by code)';
+
+CREATE FUNCTION crm_private.anchors(p_table regclass, p_id bigint, p_columns text[]) RETURNS jsonb
+LANGUAGE plpgsql STABLE SET search_path = ''
+AS $$
+DECLARE
+    v_result jsonb;
+BEGIN
+    -- Called from WITH CHECK on UPDATE: reads the row as it was before the statement
+    -- (a STABLE function sees the statement's snapshot), so a policy can require
+    -- columns to stay unchanged. SECURITY INVOKER: the caller's own row policies
+    -- apply, so it reveals nothing the caller could not SELECT.
+    IF p_table NOT IN ('crm.customers'::regclass, 'crm.contracts'::regclass,
+                          'crm.activities'::regclass, 'crm.shares'::regclass) THEN
+        RAISE EXCEPTION 'crm_private.anchors: % is not a crmdb record table', p_table
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    EXECUTE pg_catalog.format(
+        'SELECT pg_catalog.jsonb_build_object(%s) FROM %s WHERE id = $1',
+        (SELECT pg_catalog.string_agg(pg_catalog.format('%L, %I', c, c), ', ')
+           FROM pg_catalog.unnest(p_columns) AS c),
+        p_table)
+    INTO v_result USING p_id;
+    RETURN v_result;
+END
+$$;
+COMMENT ON FUNCTION crm_private.anchors(regclass, bigint, text[]) IS 'The given columns of a record as they were before the current statement, as jsonb (for update checks)';
+
+-- Template membership --------------------------------------------------------
+-- A template is the group role crmdb_tpl_<template>, created by `crmdb policy apply`
+-- with ADMIN OPTION for crmdb_owner. Membership follows crm.project_members: an
+-- employee is a member of the template roles they hold in some project.
+
+CREATE FUNCTION crm_private.template_role(p_template text) RETURNS name
+LANGUAGE sql IMMUTABLE SET search_path = ''
+AS $$
+    SELECT ('crmdb_tpl_' || p_template)::name
+$$;
+COMMENT ON FUNCTION crm_private.template_role(text) IS 'The group role that carries a role template''s privileges and policies';
+
+CREATE FUNCTION crm_private.sync_template_roles(p_employee_id bigint) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = ''
+AS $$
+DECLARE
+    v_role name;
+    v_template_role name;
+    v_want boolean;
+BEGIN
+    SELECT role_name INTO v_role FROM crm.employees WHERE id = p_employee_id;
+    IF v_role IS NULL THEN
+        RETURN;
+    END IF;
+    FOR v_template_role, v_want IN
+        SELECT r.rolname,
+               EXISTS (SELECT FROM crm.project_members AS m
+                        WHERE m.employee_id = p_employee_id
+                          AND crm_private.template_role(m.template) = r.rolname)
+          FROM pg_catalog.pg_roles AS r
+         WHERE r.rolname LIKE 'crmdb\_tpl\_%'
+           AND pg_catalog.pg_has_role('crmdb_owner', r.oid, 'MEMBER WITH ADMIN OPTION')
+    LOOP
+        IF v_want AND NOT pg_catalog.pg_has_role(v_role, v_template_role, 'MEMBER') THEN
+            -- PostgreSQL 16+: inherit the template's privileges, never SET ROLE to it.
+            EXECUTE pg_catalog.format('GRANT %I TO %I%s', v_template_role, v_role,
+                CASE WHEN pg_catalog.current_setting('server_version_num')::int >= 160000
+                     THEN ' WITH SET FALSE' ELSE '' END);
+        ELSIF NOT v_want AND EXISTS (
+                SELECT FROM pg_catalog.pg_auth_members AS am
+                  JOIN pg_catalog.pg_roles AS t ON t.oid = am.roleid
+                  JOIN pg_catalog.pg_roles AS m ON m.oid = am.member
+                 WHERE t.rolname = v_template_role AND m.rolname = v_role) THEN
+            EXECUTE pg_catalog.format('REVOKE %I FROM %I', v_template_role, v_role);
+        END IF;
+    END LOOP;
+END
+$$;
+COMMENT ON FUNCTION crm_private.sync_template_roles(bigint) IS 'Grants an employee''s role exactly the template roles their project memberships name';
+
+CREATE FUNCTION crm_private.project_members_changed() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = ''
+AS $$
+BEGIN
+    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+        PERFORM crm_private.sync_template_roles(OLD.employee_id);
+    END IF;
+    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+        PERFORM crm_private.sync_template_roles(NEW.employee_id);
+    END IF;
+    RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION crm_private.project_members_changed() IS 'AFTER trigger on crm.project_members: keeps template role membership in step';
+
+CREATE TRIGGER _300_template_roles AFTER INSERT OR UPDATE OR DELETE ON crm.project_members
+    FOR EACH ROW EXECUTE FUNCTION crm_private.project_members_changed();
+
+-- Explain access -------------------------------------------------------------
+-- `crmdb policy apply` replaces this body with one generated from the templates;
+-- until then no template grants anything, so there is no path to explain.
+
+CREATE FUNCTION crm_private.access_paths(p_role name, p_table text, p_id bigint)
+RETURNS TABLE (template text, scope text, actions text[], detail text)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = ''
+AS $function$
+BEGIN
+    IF NOT (p_role = session_user OR pg_catalog.pg_has_role(session_user, p_role, 'MEMBER')) THEN
+        RAISE EXCEPTION 'permission denied to explain the access of role %', p_role
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+END
+$function$;
+COMMENT ON FUNCTION crm_private.access_paths(name, text, bigint) IS 'Every path by which p_role may act on a record: template, scope, actions, and why (generated by crmdb policy apply)';
+
+CREATE FUNCTION crm.explain_access(p_table text, p_id bigint)
+RETURNS TABLE (template text, scope text, actions text[], detail text)
+LANGUAGE sql STABLE SET search_path = ''
+AS $$
+    SELECT * FROM crm_private.access_paths(current_user, p_table, p_id)
+$$;
+COMMENT ON FUNCTION crm.explain_access(text, bigint) IS 'Why the current employee may see or change a record (table name, id): one row per template scope or sharing rule; no rows means no access';
+
+REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA crm, crm_private FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION
+    crm_private.subordinate_ids(name),
+    crm_private.org_unit_ids(name, boolean),
+    crm_private.project_ids(name, text),
+    crm_private.has_template(name, text),
+    crm_private.shared_customer_ids(name, boolean),
+    crm_private.in_audience(name, text, boolean, name[]),
+    crm_private.project_id(text),
+    crm_private.anchors(regclass, bigint, text[]),
+    crm_private.access_paths(name, text, bigint),
+    crm.explain_access(text, bigint)
+TO crmdb_employee;
 
 RESET ROLE;

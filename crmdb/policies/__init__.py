@@ -1,0 +1,1 @@
+"""Role templates (policies/*.yaml) compiled into row-level security."""

@@ -1,0 +1,448 @@
+"""Role templates, sharing rules and the test fixture, loaded and validated.
+
+Every file in the policies folder is YAML with one top-level kind:
+  template: NAME        a role template (one per file)
+  sharing_rules: [...]  criteria-based sharing rules
+  fixture: {...}        the small org that templates' `tests:` run against
+Errors are collected, not raised one by one, and each names file and line.
+"""
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from crmdb.policies.criteria import check_criteria
+from crmdb.policies.tables import ACTIONS, SCOPES, TABLES
+from crmdb.policies.yamlload import Mapping, Sequence, YamlError, load
+
+NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
+SOLUTIONS = ("marketing", "sales", "management")
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: Path
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.message}"
+
+
+class PolicyError(Exception):
+    """Templates that do not validate; str() lists every problem, one per line."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("\n".join(str(p) for p in problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class Scope:
+    kind: str
+    actions: frozenset[str]
+    where: str | None = None  # criteria only
+    include_sub_units: bool = False  # org_unit only
+    name: str = ""  # distinguishes several criteria scopes on one table
+    line: int = 0
+
+    @property
+    def label(self) -> str:
+        return self.name or self.kind
+
+
+@dataclass
+class Template:
+    name: str
+    description: str
+    solution: str | None
+    extends: tuple[str, ...]
+    tables: dict[str, tuple[Scope, ...]]
+    tests: tuple["TemplateTest", ...]
+    path: Path
+    line: int = 1
+
+
+@dataclass(frozen=True)
+class Check:
+    action: str
+    table: str
+    key: str  # fixture key of the row, e.g. c1
+
+
+@dataclass(frozen=True)
+class TemplateTest:
+    as_: str
+    can: tuple[Check, ...]
+    cannot: tuple[Check, ...]
+    path: Path
+    line: int
+
+
+@dataclass(frozen=True)
+class SharingRule:
+    name: str
+    table: str
+    where: str
+    access: str  # read or edit
+    project: str | None
+    org_unit: str | None
+    include_sub_units: bool
+    employees: tuple[str, ...]
+    path: Path
+    line: int
+
+
+@dataclass
+class PolicySet:
+    templates: dict[str, Template]
+    sharing_rules: list[SharingRule]
+    fixture: Mapping | None
+    fixture_path: Path | None
+    directory: Path
+
+    def effective(self, name: str) -> dict[str, tuple[Scope, ...]]:
+        """A template's tables with everything it extends merged in (parents first)."""
+        merged: dict[str, list[Scope]] = {}
+        for ancestor in [*self.ancestors(name), name]:
+            for table, scopes in self.templates[ancestor].tables.items():
+                present = merged.setdefault(table, [])
+                for scope in scopes:
+                    same = [s for s in present if s.label == scope.label]
+                    if same:  # a child re-declaring a scope replaces the parent's
+                        present[present.index(same[0])] = scope
+                    else:
+                        present.append(scope)
+        return {t: tuple(s) for t, s in merged.items()}
+
+    def ancestors(self, name: str) -> list[str]:
+        """Templates `name` extends, transitively, most distant first."""
+        order: list[str] = []
+        for parent in self.templates[name].extends:
+            for a in [*self.ancestors(parent), parent]:
+                if a not in order:
+                    order.append(a)
+        return order
+
+
+@dataclass
+class _Reader:
+    path: Path
+    problems: list[Problem] = field(default_factory=list)
+
+    def error(self, line: int, message: str) -> None:
+        self.problems.append(Problem(self.path, line, message))
+
+    def keys(self, node: Mapping, allowed: set[str], what: str) -> None:
+        for key in node:
+            if key not in allowed:
+                self.error(
+                    node.line_of(key),
+                    f"unknown key {key!r} in {what} (expected: {', '.join(sorted(allowed))})",
+                )
+
+    def name(self, value: Any, line: int, what: str) -> str | None:
+        if not isinstance(value, str) or not NAME.match(value):
+            self.error(line, f"{what} {value!r} must match {NAME.pattern}")
+            return None
+        return value
+
+    def str_list(self, value: Any, line: int, what: str) -> list[str]:
+        if isinstance(value, str):
+            return [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            self.error(line, f"{what} must be a list of names")
+            return []
+        return list(value)
+
+
+def _scopes(r: _Reader, table: str, node: Any, line: int) -> tuple[Scope, ...]:
+    spec = TABLES[table]
+    if isinstance(node, Mapping):
+        r.keys(node, {"rows"}, f"table {table}")
+        line, node = node.line_of("rows"), node.get("rows")
+    if not isinstance(node, Sequence) or not node:
+        r.error(line, f"table {table}: 'rows' must be a non-empty list of scopes")
+        return ()
+    scopes: list[Scope] = []
+    for item, item_line in zip(node, node.item_lines, strict=True):
+        if not isinstance(item, Mapping):
+            r.error(
+                item_line, f"table {table}: each scope must be a mapping with 'scope' and 'actions'"
+            )
+            continue
+        r.keys(
+            item, {"scope", "actions", "where", "include_sub_units", "name"}, f"a scope of {table}"
+        )
+        kind = item.get("scope")
+        if kind not in SCOPES:
+            r.error(
+                item.line_of("scope"),
+                f"unknown scope {kind!r} (expected one of: {', '.join(SCOPES)})",
+            )
+            continue
+        if kind not in spec.scopes():
+            r.error(
+                item.line_of("scope"),
+                f"scope {kind!r} does not apply to table {table} "
+                f"(it has: {', '.join(spec.scopes())})",
+            )
+            continue
+        actions = r.str_list(item.get("actions"), item.line_of("actions"), "actions")
+        if not actions:
+            r.error(item.line_of("actions"), f"scope {kind} of {table} needs 'actions'")
+        for action in actions:
+            if action not in ACTIONS:
+                r.error(
+                    item.line_of("actions"),
+                    f"unknown action {action!r} (expected: {', '.join(ACTIONS)})",
+                )
+        where = item.get("where")
+        if kind == "criteria":
+            for problem in check_criteria(where, spec.columns):
+                r.error(item.line_of("where"), f"table {table}: {problem}")
+        elif where is not None:
+            r.error(item.line_of("where"), f"'where' belongs to scope criteria, not {kind}")
+        sub_units = item.get("include_sub_units", False)
+        if sub_units and kind != "org_unit":
+            r.error(
+                item.line_of("include_sub_units"), "'include_sub_units' belongs to scope org_unit"
+            )
+        name = item.get("name", "")
+        if name:
+            name = r.name(name, item.line_of("name"), "scope name") or ""
+        scopes.append(
+            Scope(
+                kind,
+                frozenset(a for a in actions if a in ACTIONS),
+                where if kind == "criteria" else None,
+                bool(sub_units),
+                name,
+                item_line,
+            )
+        )
+    labels = [s.label for s in scopes]
+    for scope in scopes:
+        if labels.count(scope.label) > 1:
+            r.error(
+                scope.line,
+                f"table {table}: scope {scope.label!r} appears twice; give "
+                "criteria scopes distinct 'name's",
+            )
+            break
+    return tuple(scopes)
+
+
+def _checks(r: _Reader, node: Any, line: int, what: str) -> tuple[Check, ...]:
+    checks: list[Check] = []
+    for text in r.str_list(node if node is not None else [], line, what):
+        match = re.fullmatch(r"(\w+)\s+(\w+):(\w+)", text.strip())
+        if not match:
+            r.error(
+                line, f"{what}: {text!r} must read 'ACTION TABLE:KEY', e.g. 'select customers:c1'"
+            )
+            continue
+        action, table, key = match.groups()
+        if action not in ACTIONS:
+            r.error(line, f"{what}: unknown action {action!r}")
+        elif table not in TABLES:
+            r.error(line, f"{what}: unknown table {table!r}")
+        else:
+            checks.append(Check(action, table, key))
+    return tuple(checks)
+
+
+def _template(r: _Reader, doc: Mapping) -> Template | None:
+    r.keys(doc, {"template", "description", "solution", "extends", "tables", "tests"}, "a template")
+    name = r.name(doc.get("template"), doc.line_of("template"), "template name")
+    if name is None:
+        return None
+    if r.path.stem != name:
+        r.error(doc.line_of("template"), f"template {name!r} must live in {name}.yaml")
+    solution = doc.get("solution")
+    if solution is not None and solution not in SOLUTIONS:
+        r.error(
+            doc.line_of("solution"),
+            f"unknown solution {solution!r} (expected: {', '.join(SOLUTIONS)})",
+        )
+    extends = r.str_list(doc.get("extends", []), doc.line_of("extends"), "extends")
+    tables: dict[str, tuple[Scope, ...]] = {}
+    node = doc.get("tables")
+    if node is not None and not isinstance(node, Mapping):
+        r.error(doc.line_of("tables"), "'tables' must map table names to scopes")
+    elif node is not None:
+        for table, body in node.items():
+            if table not in TABLES:
+                r.error(
+                    node.line_of(table), f"unknown table {table!r} (expected: {', '.join(TABLES)})"
+                )
+                continue
+            tables[table] = _scopes(r, table, body, node.line_of(table))
+    tests: list[TemplateTest] = []
+    test_node = doc.get("tests", [])
+    if not isinstance(test_node, Sequence):
+        r.error(doc.line_of("tests"), "'tests' must be a list")
+    else:
+        for item, line in zip(test_node, test_node.item_lines, strict=True):
+            if not isinstance(item, Mapping) or "as" not in item:
+                r.error(line, "each test needs 'as' (a fixture employee) and 'can'/'cannot'")
+                continue
+            r.keys(item, {"as", "can", "cannot"}, "a test")
+            tests.append(
+                TemplateTest(
+                    str(item["as"]),
+                    _checks(r, item.get("can"), item.line_of("can"), "can"),
+                    _checks(r, item.get("cannot"), item.line_of("cannot"), "cannot"),
+                    r.path,
+                    line,
+                )
+            )
+    return Template(
+        name,
+        str(doc.get("description", "")).strip(),
+        solution,
+        tuple(extends),
+        tables,
+        tuple(tests),
+        r.path,
+        doc.line_of("template"),
+    )
+
+
+def _sharing_rules(r: _Reader, doc: Mapping) -> list[SharingRule]:
+    rules: list[SharingRule] = []
+    node = doc.get("sharing_rules")
+    if not isinstance(node, Sequence):
+        r.error(doc.line_of("sharing_rules"), "'sharing_rules' must be a list")
+        return rules
+    for item, line in zip(node, node.item_lines, strict=True):
+        if not isinstance(item, Mapping):
+            r.error(line, "each sharing rule must be a mapping")
+            continue
+        r.keys(item, {"name", "table", "where", "access", "project", "to"}, "a sharing rule")
+        name = r.name(item.get("name"), item.line_of("name"), "sharing rule name")
+        table = item.get("table", "customers")
+        if table != "customers":
+            r.error(item.line_of("table"), f"sharing rules apply to customers, not {table!r}")
+            continue
+        where = item.get("where")
+        for problem in check_criteria(where, TABLES[table].columns):
+            r.error(item.line_of("where"), problem)
+        access = item.get("access", "read")
+        if access not in ("read", "edit"):
+            r.error(item.line_of("access"), f"access must be read or edit, not {access!r}")
+        to = item.get("to")
+        if not isinstance(to, Mapping) or not ({"org_unit", "employees"} & set(to)):
+            r.error(
+                item.line_of("to"), "'to' needs org_unit (a code) and/or employees (role names)"
+            )
+            continue
+        r.keys(to, {"org_unit", "include_sub_units", "employees"}, "'to'")
+        employees = r.str_list(to.get("employees", []), to.line_of("employees"), "employees")
+        if name:
+            rules.append(
+                SharingRule(
+                    name,
+                    table,
+                    str(where),
+                    access,
+                    item.get("project"),
+                    to.get("org_unit"),
+                    bool(to.get("include_sub_units")),
+                    tuple(employees),
+                    r.path,
+                    line,
+                )
+            )
+    names = [rule.name for rule in rules]
+    for rule in rules:
+        if names.count(rule.name) > 1:
+            r.error(rule.line, f"sharing rule {rule.name!r} is defined twice")
+    return rules
+
+
+def _check_extends(templates: dict[str, Template], problems: list[Problem]) -> None:
+    for template in templates.values():
+        for parent in template.extends:
+            if parent not in templates:
+                problems.append(
+                    Problem(
+                        template.path,
+                        template.line,
+                        f"template {template.name!r} extends unknown template {parent!r}",
+                    )
+                )
+    state: dict[str, str] = {}
+
+    def visit(name: str, trail: list[str]) -> None:
+        if state.get(name) == "done" or name not in templates:
+            return
+        if state.get(name) == "visiting":
+            cycle = " -> ".join([*trail[trail.index(name) :], name])
+            t = templates[name]
+            problems.append(Problem(t.path, t.line, f"cycle in extends: {cycle}"))
+            raise _Cycle
+        state[name] = "visiting"
+        for parent in templates[name].extends:
+            visit(parent, [*trail, name])
+        state[name] = "done"
+
+    for name in templates:
+        try:
+            visit(name, [])
+        except _Cycle:
+            return
+
+
+class _Cycle(Exception):
+    pass
+
+
+def load_policies(directory: Path) -> PolicySet:
+    """Load and validate every YAML file in `directory`; PolicyError lists all problems."""
+    if not directory.is_dir():
+        raise PolicyError([Problem(directory, 0, "policies directory not found")])
+    problems: list[Problem] = []
+    templates: dict[str, Template] = {}
+    rules: list[SharingRule] = []
+    fixture: Mapping | None = None
+    fixture_path: Path | None = None
+    for path in sorted(directory.glob("*.yaml")):
+        reader = _Reader(path)
+        try:
+            doc = load(path)
+        except YamlError as exc:
+            problems.append(Problem(path, exc.line, exc.message))
+            continue
+        kinds = [
+            k
+            for k in ("template", "sharing_rules", "fixture")
+            if isinstance(doc, Mapping) and k in doc
+        ]
+        if len(kinds) != 1:
+            problems.append(
+                Problem(
+                    path,
+                    1,
+                    "a policy file holds exactly one of 'template', "
+                    "'sharing_rules' or 'fixture' at the top",
+                )
+            )
+            continue
+        if kinds == ["template"]:
+            template = _template(reader, doc)
+            if template and template.name in templates:
+                reader.error(template.line, f"template {template.name!r} is defined twice")
+            elif template:
+                templates[template.name] = template
+        elif kinds == ["sharing_rules"]:
+            rules += _sharing_rules(reader, doc)
+        else:
+            reader.keys(doc, {"fixture"}, "a fixture file")
+            fixture, fixture_path = doc["fixture"], path
+        problems += reader.problems
+    _check_extends(templates, problems)
+    if problems:
+        raise PolicyError(problems)
+    return PolicySet(templates, rules, fixture, fixture_path, directory)

@@ -1,0 +1,188 @@
+"""The difference between the compiled templates and what the database holds.
+
+Expressions are compared as PostgreSQL normalises them (pg_get_expr), never as
+template text: the desired policies are first created on temporary copies of their
+tables (CREATE TEMP TABLE ... LIKE, dropped at commit), read back, and compared with
+the real ones. No real table is locked by planning.
+"""
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import psycopg
+
+from crmdb.policies.compile import Desired, PolicyDef
+from crmdb.policies.model import PolicyError, Problem
+from crmdb.policies.render import ddl
+from crmdb.queries import query
+
+
+@dataclass
+class Plan:
+    statements: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not self.statements
+
+    def sql(self) -> str:
+        return "\n".join(self.statements)
+
+
+def _normalise(
+    conn: psycopg.Connection, desired: Desired
+) -> dict[tuple[str, str], tuple[str | None, str | None]]:
+    """(table, name) -> (using, check) for the desired policies, as PostgreSQL prints them."""
+    by_table: dict[str, list[PolicyDef]] = defaultdict(list)
+    for policy in desired.policies.values():
+        by_table[policy.table].append(policy)
+    normalised: dict[tuple[str, str], tuple[str | None, str | None]] = {}
+    with conn.transaction(force_rollback=True):
+        for i, (table, policies) in enumerate(sorted(by_table.items())):
+            temp = f"crmdb_normalise_{i}"
+            conn.execute(ddl("normalise_table", temp, table))
+            for policy in policies:
+                copy = PolicyDef(
+                    f"pg_temp.{temp}",
+                    policy.name,
+                    policy.command,
+                    "public",
+                    policy.using,
+                    policy.check,
+                    policy.comment,
+                )
+                conn.execute(ddl("create_policy", copy))
+            rows = conn.execute(
+                query("normalised_policies"), {"temp_table": f"pg_temp.{temp}"}
+            ).fetchall()
+            for name, using_expr, check_expr in rows:
+                normalised[(table, name)] = (using_expr, check_expr)
+    return normalised
+
+
+def check_rules(conn: psycopg.Connection, desired: Desired) -> None:
+    """Sharing rules must name what exists and reach somebody; PolicyError otherwise."""
+    problems: list[Problem] = []
+    for rule in desired.rules:
+        row = conn.execute(
+            query("sharing_rule_audience"),
+            {
+                "org_unit": rule.org_unit,
+                "project": rule.project,
+                "employees": list(rule.employees),
+                "sub_units": rule.include_sub_units,
+            },
+        ).fetchone()
+        assert row is not None
+        unit_ok, project_ok, unknown, audience = row
+        where = f"sharing rule {rule.name}"
+        if not unit_ok:
+            problems.append(
+                Problem(rule.path, rule.line, f"{where}: unknown org unit {rule.org_unit!r}")
+            )
+        if not project_ok:
+            problems.append(
+                Problem(rule.path, rule.line, f"{where}: unknown project {rule.project!r}")
+            )
+        for employee in unknown:
+            problems.append(
+                Problem(rule.path, rule.line, f"{where}: unknown employee {employee!r}")
+            )
+        if unit_ok and not unknown and audience == 0:
+            problems.append(
+                Problem(
+                    rule.path,
+                    rule.line,
+                    f"{where} matches nobody: no active employee is in its audience",
+                )
+            )
+    if problems:
+        raise PolicyError(problems)
+
+
+def make_plan(conn: psycopg.Connection, desired: Desired) -> Plan:
+    """The statements that would bring the database to `desired`, in a safe order."""
+    check_rules(conn, desired)
+    plan = Plan()
+    out = plan.statements
+
+    # Roles first: grants and policies name them.
+    roles = {r: (comment, admin) for r, comment, admin in conn.execute(query("template_roles"))}
+    for role, comment in sorted(desired.roles.items()):
+        if role not in roles:
+            out += [
+                ddl("create_role", role),
+                ddl("grant_admin_to_owner", role),
+                ddl("comment_role", role, comment),
+            ]
+            continue
+        if not roles[role][1]:
+            out.append(ddl("grant_admin_to_owner", role))
+        if roles[role][0] != comment:
+            out.append(ddl("comment_role", role, comment))
+    for role in sorted(set(roles) - set(desired.roles)):
+        plan.warnings.append(
+            f"role {role} belongs to no template any more; its grants and "
+            "policies are removed, the role is left for DROP ROLE by hand"
+        )
+
+    for table, enabled, forced in conn.execute(query("rls_flags")):
+        if table in desired.tables and not enabled:
+            out.append(ddl("enable_rls", table))
+        if table in desired.tables and not forced:
+            out.append(ddl("force_rls", table))
+
+    held: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for table, role, privilege in conn.execute(query("template_grants")):
+        held[(table, role)].add(privilege)
+    for key in sorted(set(held) | set(desired.grants)):
+        want, have = desired.grants.get(key, frozenset()), held.get(key, set())
+        if have - want:
+            out.append(ddl("revoke_table", sorted(have - want), *key))
+        if want - have:
+            out.append(ddl("grant_table", sorted(want - have), *key))
+
+    existing = {(r[0], r[1]): r for r in conn.execute(query("managed_policies"))}
+    normalised = _normalise(conn, desired)
+    for key in sorted(set(existing) - set(desired.policies)):
+        out.append(ddl("drop_policy", key[1], key[0]))
+    for key, policy in sorted(desired.policies.items()):
+        current = existing.get(key)
+        if current is not None:
+            _, _, command, permissive, pol_roles, using_expr, check_expr, comment = current
+            same = (
+                command == policy.command
+                and permissive
+                and pol_roles == [policy.role]
+                and (using_expr, check_expr) == normalised[key]
+            )
+            if same:
+                if comment != policy.comment:
+                    out.append(ddl("comment_policy", policy))
+                continue
+            out.append(ddl("drop_policy", policy.name, policy.table))
+        out += [ddl("create_policy", policy), ddl("comment_policy", policy)]
+
+    body = desired.access_paths.split("$function$")[1]
+    current_body = conn.execute(query("access_paths_source")).fetchone()
+    if current_body is None or current_body[0] != body:
+        out += [ddl("as_owner"), desired.access_paths, ddl("reset_role")]
+
+    # Membership last: the template roles exist by now.
+    have_members = {
+        (r, m) for r, m in conn.execute(query("template_memberships")) if r in desired.roles
+    }
+    want_members = {
+        (r, m) for r, m in conn.execute(query("wanted_memberships")) if r in desired.roles
+    }
+    if have_members != want_members:
+        out.append(ddl("sync_memberships"))
+    defined = set(desired.roles)
+    for role, member in sorted(conn.execute(query("wanted_memberships"))):
+        if role not in defined:
+            plan.warnings.append(
+                f"{member} holds template {role.removeprefix('crmdb_tpl_')} "
+                "in a project, but no policy file defines it"
+            )
+    return plan

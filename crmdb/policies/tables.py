@@ -1,0 +1,197 @@
+"""The tables role templates govern, and which column anchors each scope on each.
+
+This is data, not SQL: the predicates themselves are jinja macros in
+sql/policy/scopes.sql.j2. tests/integration/test_policy_tables.py checks that these
+column lists match the database, so the two cannot drift apart.
+"""
+
+from dataclasses import dataclass, field
+
+SCOPES = ("own", "subordinates", "org_unit", "project", "shared", "customer", "criteria", "all")
+ACTIONS = ("select", "insert", "update", "delete", "export")
+# PostgreSQL commands a policy can be FOR; export is crmdb's own (see the export issue).
+COMMANDS = ("select", "insert", "update", "delete")
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    columns: tuple[str, ...]
+    owner: str | None = None  # employee column for own / subordinates
+    org_unit: str | None = None  # org unit column for org_unit
+    project: str | None = None  # project column for project and the project guard
+    customer: str | None = None  # customer id column for shared / customer
+    # Columns that say who and where a row belongs; an update through a scope that
+    # cannot insert must leave them as they are.
+    anchors: tuple[str, ...] = field(default=())
+    touch: str = "id"  # a column `crmdb policy test` sets to itself to probe UPDATE
+
+    @property
+    def qualified(self) -> str:
+        return f"crm.{self.name}"
+
+    def scopes(self) -> tuple[str, ...]:
+        """Scopes that make sense on this table."""
+        allowed = ["criteria", "all"]
+        if self.owner:
+            allowed += ["own", "subordinates"]
+        if self.org_unit:
+            allowed.append("org_unit")
+        if self.project:
+            allowed.append("project")
+        if self.customer:
+            allowed += ["shared", "customer"]
+        return tuple(s for s in SCOPES if s in allowed)
+
+
+TABLES: dict[str, Table] = {
+    t.name: t
+    for t in (
+        Table(
+            "customers",
+            (
+                "id",
+                "project_id",
+                "org_unit_id",
+                "owner_id",
+                "full_name",
+                "phone",
+                "email",
+                "address",
+                "province",
+                "bank_account",
+                "bank_name",
+                "tax_code",
+                "financial_notes",
+                "notes",
+                "stage",
+                "source",
+                "score",
+                "product_interest",
+                "created_by",
+                "assigned_at",
+                "created_at",
+                "updated_at",
+            ),
+            owner="owner_id",
+            org_unit="org_unit_id",
+            project="project_id",
+            customer="id",
+            anchors=("owner_id", "project_id", "org_unit_id"),
+            touch="updated_at",
+        ),
+        Table(
+            "contracts",
+            (
+                "id",
+                "customer_id",
+                "project_id",
+                "owner_id",
+                "title",
+                "amount",
+                "currency",
+                "status",
+                "payment_method",
+                "bank_account",
+                "bank_name",
+                "signed_at",
+                "created_at",
+                "updated_at",
+            ),
+            owner="owner_id",
+            project="project_id",
+            customer="customer_id",
+            anchors=("owner_id", "project_id", "customer_id"),
+            touch="updated_at",
+        ),
+        Table(
+            "activities",
+            (
+                "id",
+                "customer_id",
+                "employee_id",
+                "kind",
+                "subject",
+                "body",
+                "occurred_at",
+                "due_at",
+                "done_at",
+                "duration_seconds",
+                "created_at",
+                "updated_at",
+            ),
+            owner="employee_id",
+            customer="customer_id",
+            anchors=("employee_id", "customer_id"),
+            touch="updated_at",
+        ),
+        Table(
+            "shares",
+            (
+                "id",
+                "customer_id",
+                "grantee_employee_id",
+                "grantee_org_unit_id",
+                "access",
+                "reason",
+                "granted_by",
+                "created_at",
+                "expires_at",
+            ),
+            owner="granted_by",
+            customer="customer_id",
+            anchors=("customer_id", "grantee_employee_id", "grantee_org_unit_id", "granted_by"),
+            touch="reason",
+        ),
+        Table(
+            "employees",
+            (
+                "id",
+                "role_name",
+                "full_name",
+                "email",
+                "phone",
+                "title",
+                "manager_id",
+                "org_unit_id",
+                "status",
+                "departed_at",
+                "created_at",
+                "updated_at",
+            ),
+            owner="id",
+            org_unit="org_unit_id",
+            touch="updated_at",
+        ),
+        Table(
+            "org_units",
+            ("id", "code", "name", "kind", "parent_id", "timezone", "created_at"),
+            org_unit="id",
+        ),
+        Table("projects", ("id", "code", "name", "description", "created_at"), project="id"),
+        Table("project_solutions", ("project_id", "solution"), project="project_id"),
+        Table(
+            "project_members",
+            ("project_id", "employee_id", "solution", "template", "added_at"),
+            owner="employee_id",
+            project="project_id",
+        ),
+        Table(
+            "change_log",
+            (
+                "id",
+                "table_name",
+                "record_id",
+                "action",
+                "changed_fields",
+                "old_values",
+                "new_values",
+                "actor_role",
+                "actor_employee_id",
+                "txid",
+                "at",
+            ),
+            owner="actor_employee_id",
+        ),
+    )
+}

@@ -1,0 +1,228 @@
+-- Helpers the generated row-level security policies call, template membership and
+-- explain access.
+-- Policies call the helpers as (SELECT crm_private.f(current_user, ...)) so each runs
+-- once per statement (an InitPlan) and hands the planner an array to match with an
+-- index. They are SECURITY DEFINER (they read the closure tables employees cannot),
+-- and answer only for roles the calling session may act as, so nobody learns another
+-- employee's hierarchy or shares by passing a colleague's role name.
+
+SET ROLE crmdb_owner;
+
+-- Policy helpers ---------------------------------------------------------------
+
+CREATE FUNCTION crm_private.subordinate_ids(p_role name) RETURNS bigint[]
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ''
+AS $$
+    SELECT coalesce(array_agg(t.employee_id ORDER BY t.employee_id), '{}')
+      FROM crm_private.manager_tree AS t
+     WHERE t.manager_id = crm_private.employee_id_for(p_role)
+       AND t.depth > 0
+$$;
+COMMENT ON FUNCTION crm_private.subordinate_ids(name) IS 'Employees anywhere below p_role in the manager hierarchy (not p_role itself); empty unless the session may act as p_role';
+
+CREATE FUNCTION crm_private.org_unit_ids(p_role name, p_include_sub_units boolean) RETURNS bigint[]
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ''
+AS $$
+    SELECT coalesce(array_agg(t.descendant_id ORDER BY t.descendant_id), '{}')
+      FROM crm.employees AS e
+      JOIN crm_private.org_unit_tree AS t ON t.ancestor_id = e.org_unit_id
+     WHERE e.id = crm_private.employee_id_for(p_role)
+       AND (p_include_sub_units OR t.depth = 0)
+$$;
+COMMENT ON FUNCTION crm_private.org_unit_ids(name, boolean) IS 'p_role''s org unit, and with p_include_sub_units every unit below it';
+
+CREATE FUNCTION crm_private.project_ids(p_role name, p_template text) RETURNS bigint[]
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ''
+AS $$
+    SELECT coalesce(array_agg(DISTINCT m.project_id ORDER BY m.project_id), '{}')
+      FROM crm.project_members AS m
+     WHERE m.employee_id = crm_private.employee_id_for(p_role)
+       AND m.template = p_template
+$$;
+COMMENT ON FUNCTION crm_private.project_ids(name, text) IS 'Projects where p_role is a member under template p_template (the project guard of every template policy)';
+
+CREATE FUNCTION crm_private.has_template(p_role name, p_template text) RETURNS boolean
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ''
+AS $$
+    SELECT EXISTS (
+        SELECT FROM crm.project_members AS m
+         WHERE m.employee_id = crm_private.employee_id_for(p_role)
+           AND m.template = p_template)
+$$;
+COMMENT ON FUNCTION crm_private.has_template(name, text) IS 'Whether p_role holds template p_template in any project (the guard for tables without a project)';
+
+CREATE FUNCTION crm_private.shared_customer_ids(p_role name, p_edit boolean) RETURNS bigint[]
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ''
+AS $$
+    -- Shares to the employee or to their org unit, not expired; with p_edit only
+    -- shares that allow editing.
+    SELECT coalesce(array_agg(DISTINCT s.customer_id ORDER BY s.customer_id), '{}')
+      FROM crm.employees AS e
+      JOIN crm.shares AS s
+        ON s.grantee_employee_id = e.id OR s.grantee_org_unit_id = e.org_unit_id
+     WHERE e.id = crm_private.employee_id_for(p_role)
+       AND (s.expires_at IS NULL OR s.expires_at > pg_catalog.now())
+       AND (NOT p_edit OR s.access = 'edit')
+$$;
+COMMENT ON FUNCTION crm_private.shared_customer_ids(name, boolean) IS 'Customers shared to p_role or to p_role''s org unit and not expired (only edit shares with p_edit)';
+
+CREATE FUNCTION crm_private.in_audience(
+    p_role name, p_org_unit text, p_include_sub_units boolean, p_employees name[]
+) RETURNS boolean
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ''
+AS $$
+    -- Whether p_role is in a sharing rule's audience: named employees, or members of
+    -- an org unit (and its sub-units).
+    SELECT EXISTS (
+        SELECT FROM crm.employees AS e
+         WHERE e.id = crm_private.employee_id_for(p_role)
+           AND (e.role_name = ANY (p_employees)
+                OR EXISTS (SELECT FROM crm.org_units AS u
+                             JOIN crm_private.org_unit_tree AS t ON t.ancestor_id = u.id
+                            WHERE u.code = p_org_unit
+                              AND t.descendant_id = e.org_unit_id
+                              AND (p_include_sub_units OR t.depth = 0))))
+$$;
+COMMENT ON FUNCTION crm_private.in_audience(name, text, boolean, name[]) IS 'Whether p_role is in a sharing rule''s audience (named employees or an org unit)';
+
+CREATE FUNCTION crm_private.project_id(p_code text) RETURNS bigint
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ''
+AS $$
+    SELECT p.id FROM crm.projects AS p WHERE p.code = p_code
+$$;
+COMMENT ON FUNCTION crm_private.project_id(text) IS 'The id of a project by code (sharing rules name projects by code)';
+
+CREATE FUNCTION crm_private.anchors(p_table regclass, p_id bigint, p_columns text[]) RETURNS jsonb
+LANGUAGE plpgsql STABLE SET search_path = ''
+AS $$
+DECLARE
+    v_result jsonb;
+BEGIN
+    -- Called from WITH CHECK on UPDATE: reads the row as it was before the statement
+    -- (a STABLE function sees the statement's snapshot), so a policy can require
+    -- columns to stay unchanged. SECURITY INVOKER: the caller's own row policies
+    -- apply, so it reveals nothing the caller could not SELECT.
+    IF p_table NOT IN ('crm.customers'::regclass, 'crm.contracts'::regclass,
+                          'crm.activities'::regclass, 'crm.shares'::regclass) THEN
+        RAISE EXCEPTION 'crm_private.anchors: % is not a crmdb record table', p_table
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    EXECUTE pg_catalog.format(
+        'SELECT pg_catalog.jsonb_build_object(%s) FROM %s WHERE id = $1',
+        (SELECT pg_catalog.string_agg(pg_catalog.format('%L, %I', c, c), ', ')
+           FROM pg_catalog.unnest(p_columns) AS c),
+        p_table)
+    INTO v_result USING p_id;
+    RETURN v_result;
+END
+$$;
+COMMENT ON FUNCTION crm_private.anchors(regclass, bigint, text[]) IS 'The given columns of a record as they were before the current statement, as jsonb (for update checks)';
+
+-- Template membership --------------------------------------------------------
+-- A template is the group role crmdb_tpl_<template>, created by `crmdb policy apply`
+-- with ADMIN OPTION for crmdb_owner. Membership follows crm.project_members: an
+-- employee is a member of the template roles they hold in some project.
+
+CREATE FUNCTION crm_private.template_role(p_template text) RETURNS name
+LANGUAGE sql IMMUTABLE SET search_path = ''
+AS $$
+    SELECT ('crmdb_tpl_' || p_template)::name
+$$;
+COMMENT ON FUNCTION crm_private.template_role(text) IS 'The group role that carries a role template''s privileges and policies';
+
+CREATE FUNCTION crm_private.sync_template_roles(p_employee_id bigint) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = ''
+AS $$
+DECLARE
+    v_role name;
+    v_template_role name;
+    v_want boolean;
+BEGIN
+    SELECT role_name INTO v_role FROM crm.employees WHERE id = p_employee_id;
+    IF v_role IS NULL THEN
+        RETURN;
+    END IF;
+    FOR v_template_role, v_want IN
+        SELECT r.rolname,
+               EXISTS (SELECT FROM crm.project_members AS m
+                        WHERE m.employee_id = p_employee_id
+                          AND crm_private.template_role(m.template) = r.rolname)
+          FROM pg_catalog.pg_roles AS r
+         WHERE r.rolname LIKE 'crmdb\_tpl\_%'
+           AND pg_catalog.pg_has_role('crmdb_owner', r.oid, 'MEMBER WITH ADMIN OPTION')
+    LOOP
+        IF v_want AND NOT pg_catalog.pg_has_role(v_role, v_template_role, 'MEMBER') THEN
+            -- PostgreSQL 16+: inherit the template's privileges, never SET ROLE to it.
+            EXECUTE pg_catalog.format('GRANT %I TO %I%s', v_template_role, v_role,
+                CASE WHEN pg_catalog.current_setting('server_version_num')::int >= 160000
+                     THEN ' WITH SET FALSE' ELSE '' END);
+        ELSIF NOT v_want AND EXISTS (
+                SELECT FROM pg_catalog.pg_auth_members AS am
+                  JOIN pg_catalog.pg_roles AS t ON t.oid = am.roleid
+                  JOIN pg_catalog.pg_roles AS m ON m.oid = am.member
+                 WHERE t.rolname = v_template_role AND m.rolname = v_role) THEN
+            EXECUTE pg_catalog.format('REVOKE %I FROM %I', v_template_role, v_role);
+        END IF;
+    END LOOP;
+END
+$$;
+COMMENT ON FUNCTION crm_private.sync_template_roles(bigint) IS 'Grants an employee''s role exactly the template roles their project memberships name';
+
+CREATE FUNCTION crm_private.project_members_changed() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = ''
+AS $$
+BEGIN
+    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+        PERFORM crm_private.sync_template_roles(OLD.employee_id);
+    END IF;
+    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+        PERFORM crm_private.sync_template_roles(NEW.employee_id);
+    END IF;
+    RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION crm_private.project_members_changed() IS 'AFTER trigger on crm.project_members: keeps template role membership in step';
+
+CREATE TRIGGER _300_template_roles AFTER INSERT OR UPDATE OR DELETE ON crm.project_members
+    FOR EACH ROW EXECUTE FUNCTION crm_private.project_members_changed();
+
+-- Explain access -------------------------------------------------------------
+-- `crmdb policy apply` replaces this body with one generated from the templates;
+-- until then no template grants anything, so there is no path to explain.
+
+CREATE FUNCTION crm_private.access_paths(p_role name, p_table text, p_id bigint)
+RETURNS TABLE (template text, scope text, actions text[], detail text)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = ''
+AS $function$
+BEGIN
+    IF NOT (p_role = session_user OR pg_catalog.pg_has_role(session_user, p_role, 'MEMBER')) THEN
+        RAISE EXCEPTION 'permission denied to explain the access of role %', p_role
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+END
+$function$;
+COMMENT ON FUNCTION crm_private.access_paths(name, text, bigint) IS 'Every path by which p_role may act on a record: template, scope, actions, and why (generated by crmdb policy apply)';
+
+CREATE FUNCTION crm.explain_access(p_table text, p_id bigint)
+RETURNS TABLE (template text, scope text, actions text[], detail text)
+LANGUAGE sql STABLE SET search_path = ''
+AS $$
+    SELECT * FROM crm_private.access_paths(current_user, p_table, p_id)
+$$;
+COMMENT ON FUNCTION crm.explain_access(text, bigint) IS 'Why the current employee may see or change a record (table name, id): one row per template scope or sharing rule; no rows means no access';
+
+REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA crm, crm_private FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION
+    crm_private.subordinate_ids(name),
+    crm_private.org_unit_ids(name, boolean),
+    crm_private.project_ids(name, text),
+    crm_private.has_template(name, text),
+    crm_private.shared_customer_ids(name, boolean),
+    crm_private.in_audience(name, text, boolean, name[]),
+    crm_private.project_id(text),
+    crm_private.anchors(regclass, bigint, text[]),
+    crm_private.access_paths(name, text, bigint),
+    crm.explain_access(text, bigint)
+TO crmdb_employee;
+
+RESET ROLE;
