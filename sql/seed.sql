@@ -1,0 +1,121 @@
+-- Named queries for loading data: crmdb seed (crmdb/seed.py) and crmdb demo (crmdb/demo.py).
+-- Format: a `-- name --` line, a one-line description, then the SQL.
+-- `{name}` marks an identifier formatted with psycopg.sql.Identifier.
+
+-- Checks -----------------------------------------------------------------------
+
+-- seed_exists --
+-- Employees already bound to roles with this prefix, and whether the seed company exists
+SELECT (SELECT count(*) FROM crm.employees WHERE starts_with(role_name, %(prefix)s)) AS employees,
+       EXISTS (SELECT FROM crm.org_units WHERE code = %(company)s) AS company
+
+-- session_privileges --
+-- Whether the session is a superuser (may disable triggers) and whether RLS applies to it (COPY needs it not to)
+SELECT r.rolsuper, r.rolsuper OR r.rolbypassrls AS bypasses_rls
+  FROM pg_catalog.pg_roles AS r
+ WHERE r.rolname = current_user
+
+-- The org, through the admin API ------------------------------------------------
+
+-- add_org_unit --
+-- Add an org unit under a parent unit (by code)
+SELECT crm_admin.add_org_unit(%(code)s, %(name)s, %(kind)s::crm.org_unit_kind, %(parent)s)
+
+-- add_employee --
+-- Add an employee bound to a new role (LOGIN with a password when p_login)
+SELECT crm_admin.add_employee(p_role => %(role)s, p_full_name => %(full_name)s,
+                              p_email => %(email)s, p_org_unit => %(org_unit)s,
+                              p_manager => %(manager)s, p_title => %(title)s,
+                              p_login => %(login)s, p_password => %(password)s)
+
+-- set_employee_status --
+-- Put an employee on leave, back to active, or departed
+SELECT crm_admin.set_employee_status(%(role)s, %(status)s::crm.employee_status)
+
+-- add_project --
+-- Add a project with its solutions
+SELECT crm_admin.add_project(%(code)s, %(name)s, %(solutions)s::text[]::crm.solution[])
+
+-- add_project_member --
+-- Make an employee a member of a project's solution under a role template
+SELECT crm_admin.add_project_member(%(project)s, %(role)s, %(solution)s::crm.solution, %(template)s)
+
+-- org_unit_ids --
+-- Ids of org units by code
+SELECT code, id FROM crm.org_units WHERE code = ANY (%(codes)s::text[])
+
+-- employee_ids --
+-- Ids of the employees whose roles start with a prefix
+SELECT role_name::text, id FROM crm.employees WHERE starts_with(role_name, %(prefix)s)
+
+-- project_ids --
+-- Ids of projects by code
+SELECT code, id FROM crm.projects WHERE code = ANY (%(codes)s::text[])
+
+-- Bulk rows --------------------------------------------------------------------
+
+-- lock_bulk_tables --
+-- Keep other writers out while ids are handed out by the loader (readers are not blocked)
+LOCK TABLE crm.customers, crm.contracts, crm.activities, crm.shares IN EXCLUSIVE MODE
+
+-- next_id --
+-- The first id above every row and every id the identity sequence has handed out
+SELECT GREATEST(
+           (SELECT COALESCE(max(id), 0) FROM {table}),
+           COALESCE(pg_catalog.pg_sequence_last_value(
+               pg_catalog.pg_get_serial_sequence(%(table)s, 'id')::regclass), 0)
+       ) + 1
+
+-- sync_sequence --
+-- Move an identity sequence past ids the loader wrote explicitly (never backwards)
+SELECT pg_catalog.setval(seq, GREATEST(
+           (SELECT max(id) FROM {table}),
+           pg_catalog.pg_sequence_last_value(seq)))
+  FROM (SELECT pg_catalog.pg_get_serial_sequence(%(table)s, 'id')::regclass AS seq) AS s
+
+-- bulk_load_without_triggers --
+-- A seed is a DBA bulk load, not a business change: no audit rows, no per-row FK checks
+SET LOCAL session_replication_role = replica
+
+-- bulk_load_done --
+-- Triggers fire again (audit trail, foreign keys)
+SET LOCAL session_replication_role = origin
+
+-- create_stage --
+-- A temporary table shaped like {table}: COPY FROM is refused where RLS applies, INSERT is not
+CREATE TEMPORARY TABLE {stage} (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DROP
+
+-- insert_from_stage --
+-- Move staged rows into the real table (policies and triggers apply)
+INSERT INTO {table} SELECT * FROM {stage}
+
+-- drop_stage --
+-- Drop a staging table once its rows are moved
+DROP TABLE {stage}
+
+-- copy_customers --
+-- Stream customers into crm.customers (or its staging table)
+COPY {table} (id, project_id, org_unit_id, owner_id, full_name, phone, email, address, province,
+              bank_account, bank_name, tax_code, financial_notes, notes, stage, source, score,
+              product_interest, created_by, assigned_at, created_at, updated_at) FROM STDIN
+
+-- copy_contracts --
+-- Stream contracts into crm.contracts (or its staging table)
+COPY {table} (id, customer_id, project_id, owner_id, title, amount, currency, status,
+              payment_method, bank_account, bank_name, signed_at, created_at, updated_at) FROM STDIN
+
+-- copy_activities --
+-- Stream activities into crm.activities (or its staging table)
+COPY {table} (id, customer_id, employee_id, kind, subject, body, occurred_at, due_at, done_at,
+              duration_seconds, created_at, updated_at) FROM STDIN
+
+-- copy_shares --
+-- Stream manual shares into crm.shares (or its staging table)
+COPY {table} (id, customer_id, grantee_employee_id, grantee_org_unit_id, access, reason,
+              granted_by, created_at, expires_at) FROM STDIN
+
+-- analyze_crm --
+-- Fresh planner statistics after a bulk load
+ANALYZE crm.org_units, crm.employees, crm.projects, crm.project_members, crm.customers,
+        crm.contracts, crm.activities, crm.shares, crm.change_log,
+        crm_private.manager_tree, crm_private.org_unit_tree
