@@ -460,16 +460,22 @@ def explain_access(dsn: str | None, employee: str, record_id: int, table: str) -
 @dsn_option
 def demo_cmd(dsn: str | None) -> None:
     """Migrate and load a demo company; a second run reuses what is there."""
-    from crmdb.demo import load_demo, render_report
+    from crmdb.demo import access_report, load_demo, render_access, render_report
+    from crmdb.policies.apply import apply_in, load_desired
 
     target = target_for(dsn)
     migrate.apply(target)
+    desired = load_desired()
     progress = Progress()
     with transaction(target) as conn:
         report = load_demo(conn, progress=progress)
+        applied = apply_in(conn, desired)
     progress.close()
-    sample = report.sample_rep_role
-    click.echo(render_report(report, psql_command(target, sample)))
+    click.echo(render_report(report, psql_command(target, report.sample_rep_role)))
+    click.echo(f"\nRole templates: {len(desired.roles)} applied from policies/ "
+               f"({len(applied.statements)} statements this run)")
+    with connect(target, autocommit=True) as conn:
+        click.echo(render_access(access_report(conn, report)))
 
 
 @main.command("seed")

@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 
 from crmdb import seed as bulk
-from crmdb.db import server_error
+from crmdb.db import as_role, server_error
 from crmdb.queries import query
 from crmdb.seed import AFTER_SALES, LEAD, NORTH, SOUTH, Owner, Population, Progress, Rand
 
@@ -577,6 +577,47 @@ def load_demo(
             return _report(conn, reused=reused, password=password)
     except psycopg.Error as exc:
         raise server_error(exc) from exc
+
+
+@dataclass(frozen=True)
+class AccessLine:
+    """What one sample employee sees, checked two independent ways."""
+
+    employee: DemoEmployee
+    visible: int  # customers SELECT returns as the employee: the policies decide
+    by_rules: int  # customers explain_access finds a select path for
+    paths: tuple[tuple[str, int], ...]  # (template / scope, customers)
+
+
+def access_report(conn: psycopg.Connection, report: DemoReport) -> tuple[AccessLine, ...]:
+    """For each sample employee, RLS's answer next to the rules' (explain_access)."""
+    lines = []
+    for employee in (report.sales_rep, report.manager, report.marketing):
+        with as_role(conn, employee.role):
+            row = conn.execute(query("demo_visible_customers", SQL_FILE)).fetchone()
+        by_rules = conn.execute(
+            query("demo_customers_by_rules", SQL_FILE), {"role": employee.role}
+        ).fetchone()
+        paths = conn.execute(
+            query("demo_access_paths", SQL_FILE), {"role": employee.role}
+        ).fetchall()
+        assert row is not None and by_rules is not None
+        lines.append(
+            AccessLine(employee, int(row[0]), int(by_rules[0]), tuple((p, int(n)) for p, n in paths))
+        )
+    return tuple(lines)
+
+
+def render_access(lines: tuple[AccessLine, ...]) -> str:
+    out = ["What each sample employee sees (customers):"]
+    for line in lines:
+        verdict = "as the rules say" if line.visible == line.by_rules else "MISMATCH"
+        out.append(
+            f"  {line.employee.full_name} ({line.employee.role}): {line.visible} visible "
+            f"through RLS, {line.by_rules} by the rules: {verdict}"
+        )
+        out += [f"      {n:>5}  {path}" for path, n in line.paths]
+    return "\n".join(out)
 
 
 def render_report(report: DemoReport, psql_command: str) -> str:

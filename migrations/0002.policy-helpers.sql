@@ -2,7 +2,8 @@
 -- explain access.
 -- Policies call the helpers as (SELECT crm_private.f(current_user, ...)) so each runs
 -- once per statement (an InitPlan) and hands the planner an array to match with an
--- index. They are SECURITY DEFINER (they read the closure tables employees cannot),
+-- index. Inside them, the caller's id is likewise a scalar subquery, computed once
+-- rather than once per row scanned. They are SECURITY DEFINER (they read the closure tables employees cannot),
 -- and answer only for roles the calling session may act as, so nobody learns another
 -- employee's hierarchy or shares by passing a colleague's role name.
 
@@ -15,7 +16,7 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ''
 AS $$
     SELECT coalesce(array_agg(t.employee_id ORDER BY t.employee_id), '{}')
       FROM crm_private.manager_tree AS t
-     WHERE t.manager_id = crm_private.employee_id_for(p_role)
+     WHERE t.manager_id = (SELECT crm_private.employee_id_for(p_role))
        AND t.depth > 0
 $$;
 COMMENT ON FUNCTION crm_private.subordinate_ids(name) IS 'Employees anywhere below p_role in the manager hierarchy (not p_role itself); empty unless the session may act as p_role';
@@ -26,7 +27,7 @@ AS $$
     SELECT coalesce(array_agg(t.descendant_id ORDER BY t.descendant_id), '{}')
       FROM crm.employees AS e
       JOIN crm_private.org_unit_tree AS t ON t.ancestor_id = e.org_unit_id
-     WHERE e.id = crm_private.employee_id_for(p_role)
+     WHERE e.id = (SELECT crm_private.employee_id_for(p_role))
        AND (p_include_sub_units OR t.depth = 0)
 $$;
 COMMENT ON FUNCTION crm_private.org_unit_ids(name, boolean) IS 'p_role''s org unit, and with p_include_sub_units every unit below it';
@@ -36,7 +37,7 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ''
 AS $$
     SELECT coalesce(array_agg(DISTINCT m.project_id ORDER BY m.project_id), '{}')
       FROM crm.project_members AS m
-     WHERE m.employee_id = crm_private.employee_id_for(p_role)
+     WHERE m.employee_id = (SELECT crm_private.employee_id_for(p_role))
        AND m.template = p_template
 $$;
 COMMENT ON FUNCTION crm_private.project_ids(name, text) IS 'Projects where p_role is a member under template p_template (the project guard of every template policy)';
@@ -46,7 +47,7 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ''
 AS $$
     SELECT EXISTS (
         SELECT FROM crm.project_members AS m
-         WHERE m.employee_id = crm_private.employee_id_for(p_role)
+         WHERE m.employee_id = (SELECT crm_private.employee_id_for(p_role))
            AND m.template = p_template)
 $$;
 COMMENT ON FUNCTION crm_private.has_template(name, text) IS 'Whether p_role holds template p_template in any project (the guard for tables without a project)';
@@ -60,7 +61,7 @@ AS $$
       FROM crm.employees AS e
       JOIN crm.shares AS s
         ON s.grantee_employee_id = e.id OR s.grantee_org_unit_id = e.org_unit_id
-     WHERE e.id = crm_private.employee_id_for(p_role)
+     WHERE e.id = (SELECT crm_private.employee_id_for(p_role))
        AND (s.expires_at IS NULL OR s.expires_at > pg_catalog.now())
        AND (NOT p_edit OR s.access = 'edit')
 $$;
@@ -75,7 +76,7 @@ AS $$
     -- an org unit (and its sub-units).
     SELECT EXISTS (
         SELECT FROM crm.employees AS e
-         WHERE e.id = crm_private.employee_id_for(p_role)
+         WHERE e.id = (SELECT crm_private.employee_id_for(p_role))
            AND (e.role_name = ANY (p_employees)
                 OR EXISTS (SELECT FROM crm.org_units AS u
                              JOIN crm_private.org_unit_tree AS t ON t.ancestor_id = u.id

@@ -56,3 +56,23 @@ SELECT e.role_name::text, e.full_name, COALESCE(e.title, ''), u.code
   FROM crm.employees AS e
   JOIN crm.org_units AS u ON u.id = e.org_unit_id
  WHERE e.email = %(email)s
+
+-- demo_visible_customers --
+-- How many customers the current role sees (run as the employee: RLS decides)
+SELECT count(*) FROM crm.customers
+
+-- demo_access_paths --
+-- Customers an employee may select, per template and scope, by explain_access's reckoning
+SELECT ap.template || ' / ' || ap.scope AS path, count(*) AS customers
+  FROM crm.customers AS c
+ CROSS JOIN LATERAL crm_private.access_paths(%(role)s, 'customers', c.id) AS ap
+ WHERE 'select' = ANY (ap.actions)
+ GROUP BY 1
+ ORDER BY 2 DESC, 1
+
+-- demo_customers_by_rules --
+-- Customers an employee may select by explain_access (one path is enough)
+SELECT count(*)
+  FROM crm.customers AS c
+ WHERE EXISTS (SELECT FROM crm_private.access_paths(%(role)s, 'customers', c.id) AS ap
+                WHERE 'select' = ANY (ap.actions))
