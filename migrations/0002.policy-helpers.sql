@@ -67,25 +67,6 @@ AS $$
 $$;
 COMMENT ON FUNCTION crm_private.shared_customer_ids(name, boolean) IS 'Customers shared to p_role or to p_role''s org unit and not expired (only edit shares with p_edit)';
 
-CREATE FUNCTION crm_private.in_audience(
-    p_role name, p_org_unit text, p_include_sub_units boolean, p_employees name[]
-) RETURNS boolean
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ''
-AS $$
-    -- Whether p_role is in a sharing rule's audience: named employees, or members of
-    -- an org unit (and its sub-units).
-    SELECT EXISTS (
-        SELECT FROM crm.employees AS e
-         WHERE e.id = (SELECT crm_private.employee_id_for(p_role))
-           AND (e.role_name = ANY (p_employees)
-                OR EXISTS (SELECT FROM crm.org_units AS u
-                             JOIN crm_private.org_unit_tree AS t ON t.ancestor_id = u.id
-                            WHERE u.code = p_org_unit
-                              AND t.descendant_id = e.org_unit_id
-                              AND (p_include_sub_units OR t.depth = 0))))
-$$;
-COMMENT ON FUNCTION crm_private.in_audience(name, text, boolean, name[]) IS 'Whether p_role is in a sharing rule''s audience (named employees or an org unit)';
-
 CREATE FUNCTION crm_private.project_id(p_code text) RETURNS bigint
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ''
 AS $$
@@ -119,10 +100,24 @@ END
 $$;
 COMMENT ON FUNCTION crm_private.anchors(regclass, bigint, text[]) IS 'The given columns of a record as they were before the current statement, as jsonb (for update checks)';
 
--- Template membership --------------------------------------------------------
--- A template is the group role crmdb_tpl_<template>, created by `crmdb policy apply`
--- with ADMIN OPTION for crmdb_owner. Membership follows crm.project_members: an
--- employee is a member of the template roles they hold in some project.
+-- Template and sharing rule membership ----------------------------------------
+-- A role template is the group role crmdb_tpl_<template>, a sharing rule the group
+-- role crmdb_rule_<rule>; `crmdb policy apply` creates them with ADMIN OPTION for
+-- crmdb_owner. Policies name these roles, so PostgreSQL leaves out, at plan time,
+-- every policy that cannot apply to the current employee. Membership follows the data:
+-- project memberships for templates, the audience (org unit, named employees) for
+-- sharing rules; departed employees hold none.
+
+CREATE TABLE crm_private.sharing_rule_audiences (
+    role_name          name PRIMARY KEY CHECK (role_name LIKE 'crmdb\_rule\_%'),
+    org_unit           text,
+    include_sub_units  boolean NOT NULL DEFAULT false,
+    employees          name[] NOT NULL DEFAULT '{}'
+);
+COMMENT ON TABLE crm_private.sharing_rule_audiences IS 'Who each sharing rule reaches: an org unit (and its sub-units) and named employees; written by crmdb policy apply';
+ALTER TABLE crm_private.sharing_rule_audiences ENABLE ROW LEVEL SECURITY;
+ALTER TABLE crm_private.sharing_rule_audiences FORCE ROW LEVEL SECURITY;
+CREATE POLICY crmdb_owner_all ON crm_private.sharing_rule_audiences TO crmdb_owner USING (true) WITH CHECK (true);
 
 CREATE FUNCTION crm_private.template_role(p_template text) RETURNS name
 LANGUAGE sql IMMUTABLE SET search_path = ''
@@ -131,61 +126,106 @@ AS $$
 $$;
 COMMENT ON FUNCTION crm_private.template_role(text) IS 'The group role that carries a role template''s privileges and policies';
 
-CREATE FUNCTION crm_private.sync_template_roles(p_employee_id bigint) RETURNS void
+CREATE FUNCTION crm_private.wanted_roles(p_employee_id bigint) RETURNS SETOF name
+LANGUAGE sql STABLE SET search_path = ''
+AS $$
+    SELECT crm_private.template_role(m.template)
+      FROM crm.project_members AS m
+      JOIN crm.employees AS e ON e.id = m.employee_id
+     WHERE m.employee_id = p_employee_id AND e.status <> 'departed'
+    UNION
+    SELECT a.role_name
+      FROM crm_private.sharing_rule_audiences AS a
+      JOIN crm.employees AS e ON e.id = p_employee_id AND e.status <> 'departed'
+     WHERE e.role_name = ANY (a.employees)
+        OR EXISTS (SELECT FROM crm.org_units AS u
+                     JOIN crm_private.org_unit_tree AS t ON t.ancestor_id = u.id
+                    WHERE u.code = a.org_unit AND t.descendant_id = e.org_unit_id
+                      AND (a.include_sub_units OR t.depth = 0))
+$$;
+COMMENT ON FUNCTION crm_private.wanted_roles(bigint) IS 'The template and sharing rule roles an employee should be a member of';
+
+CREATE FUNCTION crm_private.sync_roles(p_employee_id bigint) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = ''
 AS $$
 DECLARE
     v_role name;
-    v_template_role name;
+    v_group name;
     v_want boolean;
 BEGIN
     SELECT role_name INTO v_role FROM crm.employees WHERE id = p_employee_id;
     IF v_role IS NULL THEN
         RETURN;
     END IF;
-    FOR v_template_role, v_want IN
-        SELECT r.rolname,
-               EXISTS (SELECT FROM crm.project_members AS m
-                        WHERE m.employee_id = p_employee_id
-                          AND crm_private.template_role(m.template) = r.rolname)
+    FOR v_group, v_want IN
+        SELECT r.rolname, r.rolname IN (SELECT crm_private.wanted_roles(p_employee_id))
           FROM pg_catalog.pg_roles AS r
-         WHERE r.rolname LIKE 'crmdb\_tpl\_%'
+         WHERE (r.rolname LIKE 'crmdb\_tpl\_%' OR r.rolname LIKE 'crmdb\_rule\_%')
            AND pg_catalog.pg_has_role('crmdb_owner', r.oid, 'MEMBER WITH ADMIN OPTION')
     LOOP
-        IF v_want AND NOT pg_catalog.pg_has_role(v_role, v_template_role, 'MEMBER') THEN
-            -- PostgreSQL 16+: inherit the template's privileges, never SET ROLE to it.
-            EXECUTE pg_catalog.format('GRANT %I TO %I%s', v_template_role, v_role,
+        IF v_want AND NOT EXISTS (
+                SELECT FROM pg_catalog.pg_auth_members AS am
+                  JOIN pg_catalog.pg_roles AS g ON g.oid = am.roleid
+                  JOIN pg_catalog.pg_roles AS m ON m.oid = am.member
+                 WHERE g.rolname = v_group AND m.rolname = v_role) THEN
+            -- PostgreSQL 16+: inherit the group's privileges, never SET ROLE to it.
+            EXECUTE pg_catalog.format('GRANT %I TO %I%s', v_group, v_role,
                 CASE WHEN pg_catalog.current_setting('server_version_num')::int >= 160000
                      THEN ' WITH SET FALSE' ELSE '' END);
         ELSIF NOT v_want AND EXISTS (
                 SELECT FROM pg_catalog.pg_auth_members AS am
-                  JOIN pg_catalog.pg_roles AS t ON t.oid = am.roleid
+                  JOIN pg_catalog.pg_roles AS g ON g.oid = am.roleid
                   JOIN pg_catalog.pg_roles AS m ON m.oid = am.member
-                 WHERE t.rolname = v_template_role AND m.rolname = v_role) THEN
-            EXECUTE pg_catalog.format('REVOKE %I FROM %I', v_template_role, v_role);
+                 WHERE g.rolname = v_group AND m.rolname = v_role) THEN
+            EXECUTE pg_catalog.format('REVOKE %I FROM %I', v_group, v_role);
         END IF;
     END LOOP;
 END
 $$;
-COMMENT ON FUNCTION crm_private.sync_template_roles(bigint) IS 'Grants an employee''s role exactly the template roles their project memberships name';
+COMMENT ON FUNCTION crm_private.sync_roles(bigint) IS 'Grants an employee''s role exactly the template and sharing rule roles they should hold, and revokes the rest';
 
 CREATE FUNCTION crm_private.project_members_changed() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = ''
 AS $$
 BEGIN
     IF TG_OP IN ('UPDATE', 'DELETE') THEN
-        PERFORM crm_private.sync_template_roles(OLD.employee_id);
+        PERFORM crm_private.sync_roles(OLD.employee_id);
     END IF;
     IF TG_OP IN ('INSERT', 'UPDATE') THEN
-        PERFORM crm_private.sync_template_roles(NEW.employee_id);
+        PERFORM crm_private.sync_roles(NEW.employee_id);
     END IF;
     RETURN NULL;
 END
 $$;
 COMMENT ON FUNCTION crm_private.project_members_changed() IS 'AFTER trigger on crm.project_members: keeps template role membership in step';
 
+CREATE FUNCTION crm_private.employee_placement_changed() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = ''
+AS $$
+BEGIN
+    PERFORM crm_private.sync_roles(NEW.id);
+    RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION crm_private.employee_placement_changed() IS 'AFTER trigger on crm.employees: a new unit or status changes sharing rule (and, on departure, template) membership';
+
+CREATE FUNCTION crm_private.org_units_moved() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = ''
+AS $$
+BEGIN
+    -- A unit moved: audiences that include sub-units may have changed for anyone.
+    PERFORM crm_private.sync_roles(e.id) FROM crm.employees AS e;
+    RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION crm_private.org_units_moved() IS 'AFTER statement trigger on crm.org_units: re-syncs sharing rule membership when units move';
+
 CREATE TRIGGER _300_template_roles AFTER INSERT OR UPDATE OR DELETE ON crm.project_members
     FOR EACH ROW EXECUTE FUNCTION crm_private.project_members_changed();
+CREATE TRIGGER _300_rule_roles AFTER INSERT OR UPDATE OF org_unit_id, status ON crm.employees
+    FOR EACH ROW EXECUTE FUNCTION crm_private.employee_placement_changed();
+CREATE TRIGGER _300_rule_roles AFTER UPDATE OF parent_id ON crm.org_units
+    FOR EACH STATEMENT EXECUTE FUNCTION crm_private.org_units_moved();
 
 -- Explain access -------------------------------------------------------------
 -- `crmdb policy apply` replaces this body with one generated from the templates;
@@ -219,7 +259,6 @@ GRANT EXECUTE ON FUNCTION
     crm_private.project_ids(name, text),
     crm_private.has_template(name, text),
     crm_private.shared_customer_ids(name, boolean),
-    crm_private.in_audience(name, text, boolean, name[]),
     crm_private.project_id(text),
     crm_private.anchors(regclass, bigint, text[]),
     crm_private.access_paths(name, text, bigint),

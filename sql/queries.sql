@@ -114,23 +114,24 @@ SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('crmdb policy apply'
 -- Fail instead of waiting behind long-running queries for table locks
 SET LOCAL lock_timeout = '10s'
 
--- template_roles --
--- Template roles that exist, and whether crmdb_owner may grant them
+-- group_roles --
+-- Template and sharing rule roles that exist, and whether crmdb_owner may grant them
 SELECT r.rolname,
        pg_catalog.shobj_description(r.oid, 'pg_authid') AS comment,
        pg_catalog.pg_has_role('crmdb_owner', r.oid, 'MEMBER WITH ADMIN OPTION') AS owner_admin
   FROM pg_catalog.pg_roles AS r
- WHERE r.rolname LIKE 'crmdb\_tpl\_%'
+ WHERE r.rolname LIKE 'crmdb\_tpl\_%' OR r.rolname LIKE 'crmdb\_rule\_%'
  ORDER BY r.rolname
 
--- template_memberships --
--- Which employee role is a member of which template role
-SELECT t.rolname AS template_role, m.rolname AS member
+-- group_memberships --
+-- Which of this database's employees is a member of which template or sharing rule
+-- role (roles are cluster-wide: other databases' employees may be members too)
+SELECT t.rolname AS group_role, m.rolname AS member
   FROM pg_catalog.pg_auth_members AS am
   JOIN pg_catalog.pg_roles AS t ON t.oid = am.roleid
   JOIN pg_catalog.pg_roles AS m ON m.oid = am.member
- WHERE t.rolname LIKE 'crmdb\_tpl\_%'
-   AND m.rolname <> 'crmdb_owner'
+  JOIN crm.employees AS e ON e.role_name = m.rolname
+ WHERE (t.rolname LIKE 'crmdb\_tpl\_%' OR t.rolname LIKE 'crmdb\_rule\_%')
  ORDER BY 1, 2
 
 -- wanted_memberships --
@@ -138,7 +139,26 @@ SELECT t.rolname AS template_role, m.rolname AS member
 SELECT DISTINCT 'crmdb_tpl_' || pm.template AS template_role, e.role_name::text AS member
   FROM crm.project_members AS pm
   JOIN crm.employees AS e ON e.id = pm.employee_id
+ WHERE e.status <> 'departed'
  ORDER BY 1, 2
+
+-- audience_members --
+-- Active employees a sharing rule reaches: an org unit (and sub-units), named employees
+SELECT e.role_name::text
+  FROM crm.employees AS e
+ WHERE e.status <> 'departed'
+   AND (e.role_name = ANY (%(employees)s::text[])
+        OR EXISTS (SELECT FROM crm.org_units AS u
+                     JOIN crm_private.org_unit_tree AS t ON t.ancestor_id = u.id
+                    WHERE u.code = %(org_unit)s AND t.descendant_id = e.org_unit_id
+                      AND (%(sub_units)s OR t.depth = 0)))
+ ORDER BY 1
+
+-- sharing_rule_audiences --
+-- The audiences policy apply recorded last time
+SELECT role_name::text, org_unit, include_sub_units, employees::text[]
+  FROM crm_private.sharing_rule_audiences
+ ORDER BY role_name
 
 -- template_grants --
 -- Table privileges that template roles hold on crm tables

@@ -11,7 +11,6 @@ from crmdb.policies.model import PolicySet, Scope, SharingRule
 from crmdb.policies.render import render, sections
 from crmdb.policies.tables import ACTIONS, COMMANDS, TABLES, Table
 
-EMPLOYEE_GROUP = "crmdb_employee"
 MAX_NAME = 63  # PostgreSQL's NAMEDATALEN - 1
 
 
@@ -54,10 +53,23 @@ class Desired:
     tables: tuple[str, ...] = ()  # every table that must have RLS forced
     access_paths: str = ""  # CREATE OR REPLACE FUNCTION crm_private.access_paths ...
     rules: tuple[SharingRule, ...] = ()  # checked against the database when planning
+    audiences: dict[str, SharingRule] = field(default_factory=dict)  # rule role -> rule
 
 
 def template_role(template: str) -> str:
     return f"crmdb_tpl_{template}"
+
+
+def rule_role(rule: str) -> str:
+    return f"crmdb_rule_{rule}"
+
+
+@dataclass(frozen=True)
+class RuleRole:
+    """A sharing rule and the role its audience holds (for explain_access)."""
+
+    rule: SharingRule
+    role: str
 
 
 class CompileError(Exception):
@@ -105,7 +117,7 @@ def _rule_policies(desired: Desired, rule: SharingRule) -> None:
                 table=table.qualified,
                 name=f"{table.name}__rule__{rule.name}__{command}",
                 command=command,
-                role=EMPLOYEE_GROUP,
+                role=rule_role(rule.name),
                 using=parts.get("using"),
                 check=parts.get("check"),
                 comment=f"crmdb: sharing rule {rule.name} ({rule.access}): {rule.where}",
@@ -131,9 +143,14 @@ def compile_policies(policies: PolicySet) -> Desired:
             if privileges:
                 desired.grants[(table.qualified, role)] = frozenset(privileges)
     for rule in policies.sharing_rules:
+        role = rule_role(rule.name)
+        desired.roles[role] = f"crmdb sharing rule {rule.name}: {rule.where}"
+        desired.audiences[role] = rule
         _rule_policies(desired, rule)
     desired.rules = tuple(policies.sharing_rules)
     desired.access_paths = render(
-        "access_paths.sql.j2", paths=paths, rules=policies.sharing_rules
+        "access_paths.sql.j2",
+        paths=paths,
+        rules=[RuleRole(r, rule_role(r.name)) for r in policies.sharing_rules],
     ).strip()
     return desired

@@ -108,7 +108,7 @@ def make_plan(conn: psycopg.Connection, desired: Desired) -> Plan:
     out = plan.statements
 
     # Roles first: grants and policies name them.
-    roles = {r: (comment, admin) for r, comment, admin in conn.execute(query("template_roles"))}
+    roles = {r: (comment, admin) for r, comment, admin in conn.execute(query("group_roles"))}
     for role, comment in sorted(desired.roles.items()):
         if role not in roles:
             out += [
@@ -169,18 +169,39 @@ def make_plan(conn: psycopg.Connection, desired: Desired) -> Plan:
     if current_body is None or current_body[0] != body:
         out += [ddl("as_owner"), desired.access_paths, ddl("reset_role")]
 
-    # Membership last: the template roles exist by now.
+    # Audiences, then membership, last: the roles exist by now.
+    have_audiences = {
+        (role, unit, sub, tuple(employees))
+        for role, unit, sub, employees in conn.execute(query("sharing_rule_audiences"))
+    }
+    want_audiences = {
+        (role, r.org_unit, r.include_sub_units, tuple(r.employees))
+        for role, r in desired.audiences.items()
+    }
+    if have_audiences != want_audiences:
+        out.append(ddl("clear_audiences"))
+        out += [ddl("add_audience", role, r) for role, r in sorted(desired.audiences.items())]
+
     have_members = {
-        (r, m) for r, m in conn.execute(query("template_memberships")) if r in desired.roles
+        (r, m) for r, m in conn.execute(query("group_memberships")) if r in desired.roles
     }
     want_members = {
         (r, m) for r, m in conn.execute(query("wanted_memberships")) if r in desired.roles
     }
+    for role, rule in desired.audiences.items():
+        members = conn.execute(
+            query("audience_members"),
+            {
+                "org_unit": rule.org_unit,
+                "sub_units": rule.include_sub_units,
+                "employees": list(rule.employees),
+            },
+        )
+        want_members |= {(role, m) for (m,) in members}
     if have_members != want_members:
         out.append(ddl("sync_memberships"))
-    defined = set(desired.roles)
     for role, member in sorted(conn.execute(query("wanted_memberships"))):
-        if role not in defined:
+        if role not in desired.roles:
             plan.warnings.append(
                 f"{member} holds template {role.removeprefix('crmdb_tpl_')} "
                 "in a project, but no policy file defines it"

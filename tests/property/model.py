@@ -1,0 +1,350 @@
+"""An independent, plain-Python model of who may see and update which customers.
+
+Written from the template semantics (README / the property test's docstring), not
+from crmdb's compiler: nothing here imports crmdb. Everything is by index: employee
+i, org unit i, project i, customer i. The property test builds the same world in
+PostgreSQL and compares, employee by employee.
+
+    holds T        E has a project_members row naming T (the last one written for a
+                   (project, employee, solution) wins, as add_project_member replaces)
+    grant          E holds T, guard(T, S, R) and pred(S, R, E) for a scope S of T
+    guard          scope all: true; otherwise R's project is one where E holds T
+    pred           own, subordinates (strictly below, any depth), org_unit (E's unit,
+                   or its subtree with include_sub_units), project (true), shared
+                   (live shares to E or to E's exact unit; edit shares for update),
+                   criteria (the where clause), all (true)
+    extends        a template gets its parents' scopes; a re-declared label replaces
+    departed       no identity and no template roles: every statement is refused
+    privileges     SELECT (UPDATE) on crm.customers iff some held template has a
+                   scope with select (update); without it the statement is refused
+    sharing rules  rows matching where (in the rule's project) for the rule's audience
+                   (org unit, sub-units, named employees), select, and update for edit
+                   rules; only as far as the employee's table privileges go
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+STAGES = ("lead", "qualified", "opportunity", "customer", "after_sales", "lost")
+SOURCES = ("chat", "call_center", "web_form", "email", "referral", "event", "import", "manual")
+SOLUTIONS = ("sales", "marketing", "management")
+KINDS = ("own", "subordinates", "org_unit", "project", "shared", "criteria", "all")
+
+
+@dataclass(frozen=True)
+class Customer:
+    project: int
+    owner: int | None
+    unit: int | None
+    stage: str
+    source: str
+    score: int
+
+
+# Criteria the generator may use, each with its meaning (SQL NULL rules included).
+CRITERIA: dict[str, Callable[[Customer], bool]] = {
+    "stage = 'lead'": lambda c: c.stage == "lead",
+    "source IN ('chat', 'call_center')": lambda c: c.source in ("chat", "call_center"),
+    "score >= 50": lambda c: c.score >= 50,
+    "stage = 'customer' AND source = 'web_form'": lambda c: (
+        c.stage == "customer" and c.source == "web_form"
+    ),
+    "stage IN ('customer', 'after_sales')": lambda c: c.stage in ("customer", "after_sales"),
+    "NOT (stage = 'lost') AND score < 30": lambda c: c.stage != "lost" and c.score < 30,
+    "score BETWEEN 20 AND 60": lambda c: 20 <= c.score <= 60,
+    "source = 'web_form' OR score < 10": lambda c: c.source == "web_form" or c.score < 10,
+    "owner_id IS NULL": lambda c: c.owner is None,
+    "org_unit_id IS NOT NULL AND score > 30": lambda c: c.unit is not None and c.score > 30,
+}
+
+
+@dataclass(frozen=True)
+class Unit:
+    code: str
+    parent: int | None
+
+
+@dataclass(frozen=True)
+class Employee:
+    name: str  # logical; the database role is the scratch database's prefix + name
+    unit: int
+    manager: int | None
+
+
+@dataclass(frozen=True)
+class Scope:
+    kind: str
+    actions: frozenset[str]
+    name: str = ""
+    where: str | None = None  # criteria only: a key of CRITERIA
+    include_sub_units: bool = False  # org_unit only
+
+    @property
+    def label(self) -> str:
+        return self.name or self.kind
+
+
+@dataclass(frozen=True)
+class Template:
+    name: str
+    parent: str | None
+    scopes: tuple[Scope, ...]
+
+
+@dataclass(frozen=True)
+class Membership:
+    employee: int
+    project: int
+    solution: str
+    template: str
+
+
+@dataclass(frozen=True)
+class Share:
+    customer: int
+    employee: int | None  # exactly one of employee and unit
+    unit: int | None
+    access: str  # read or edit
+    state: str  # open (no end), until_tomorrow, expired (ended yesterday)
+    granted_by: int | None
+
+
+@dataclass(frozen=True)
+class Move:
+    """crm_admin.move_employee: a new manager (or clear it) and/or a new unit."""
+
+    employee: int
+    manager: int | None
+    clear_manager: bool
+    unit: int | None
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    where: str
+    project: int | None
+    access: str
+    unit: int | None
+    include_sub_units: bool
+    employees: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class World:
+    units: tuple[Unit, ...]
+    employees: tuple[Employee, ...]
+    projects: int
+    templates: tuple[Template, ...]
+    memberships: tuple[Membership, ...]  # in the order they are written
+    moves: tuple[Move, ...]  # after the memberships
+    customers: tuple[Customer, ...]
+    shares: tuple[Share, ...]
+    departed: frozenset[int]  # after the moves
+    rules: tuple[Rule, ...]
+    apply_early: bool  # policies applied before memberships (the trigger syncs roles)
+
+
+@dataclass(frozen=True)
+class Access:
+    visible: frozenset[int] | None  # None: no SELECT privilege (statement refused)
+    updatable: frozenset[int] | None  # None: no UPDATE privilege
+
+
+@dataclass(frozen=True)
+class Grant:
+    customer: int
+    action: str  # select or update
+    via: str  # e.g. "t_abc/own" or "rule r0"
+    kind: str  # the scope kind, or "rule"
+
+
+# Trees ------------------------------------------------------------------------
+
+
+def ancestors(parent_of: list[int | None], node: int) -> list[int]:
+    """Nodes strictly above `node`, nearest first."""
+    found: list[int] = []
+    current = parent_of[node]
+    while current is not None:
+        assert current not in found and current != node, "cycle"
+        found.append(current)
+        current = parent_of[current]
+    return found
+
+
+def unit_subtree(world: World, unit: int) -> set[int]:
+    """`unit` and every unit below it."""
+    parents = [u.parent for u in world.units]
+    return {u for u in range(len(parents)) if u == unit or unit in ancestors(parents, u)}
+
+
+def move_is_valid(employees: list[Employee], move: Move) -> bool:
+    """Whether crm_admin.move_employee accepts the move (no self-report, no cycle)."""
+    if move.manager is None:
+        return True
+    if move.manager == move.employee:
+        return False
+    managers = [e.manager for e in employees]
+    return move.employee not in ancestors(managers, move.manager)
+
+
+def employees_after(world: World, moves: tuple[Move, ...]) -> list[Employee]:
+    """Employees once `moves` are made (moves the database refuses change nothing)."""
+    employees = list(world.employees)
+    for move in moves:
+        if not move_is_valid(employees, move):
+            continue
+        e = employees[move.employee]
+        manager = None if move.clear_manager else e.manager
+        if move.manager is not None:
+            manager = move.manager
+        unit = e.unit if move.unit is None else move.unit
+        employees[move.employee] = Employee(e.name, unit, manager)
+    return employees
+
+
+def final_employees(world: World) -> list[Employee]:
+    return employees_after(world, world.moves)
+
+
+def subordinates(employees: list[Employee], boss: int) -> set[int]:
+    managers = [e.manager for e in employees]
+    return {e for e in range(len(employees)) if boss in ancestors(managers, e)}
+
+
+# Templates ----------------------------------------------------------------------
+
+
+def effective_scopes(templates: tuple[Template, ...], name: str) -> tuple[Scope, ...]:
+    """The template's scopes with its parent's merged in; a re-declared label replaces."""
+    t = next(t for t in templates if t.name == name)
+    merged = list(effective_scopes(templates, t.parent)) if t.parent else []
+    for scope in t.scopes:
+        for i, existing in enumerate(merged):
+            if existing.label == scope.label:
+                merged[i] = scope
+                break
+        else:
+            merged.append(scope)
+    return tuple(merged)
+
+
+def holdings(world: World, employee: int) -> dict[str, set[int]]:
+    """Template -> projects where the employee holds it (last write per solution wins)."""
+    seat: dict[tuple[int, int, str], str] = {}
+    for m in world.memberships:
+        seat[(m.employee, m.project, m.solution)] = m.template
+    held: dict[str, set[int]] = {}
+    for (e, project, _), name in seat.items():
+        if e == employee:
+            held.setdefault(name, set()).add(project)
+    return held
+
+
+# Access -------------------------------------------------------------------------
+
+
+def _live(share: Share) -> bool:
+    return share.state != "expired"
+
+
+def _predicate(
+    world: World, employees: list[Employee], scope: Scope, c_index: int, me: int, action: str
+) -> bool:
+    c = world.customers[c_index]
+    if scope.kind == "own":
+        return c.owner == me
+    if scope.kind == "subordinates":
+        return c.owner is not None and c.owner in subordinates(employees, me)
+    if scope.kind == "org_unit":
+        my_unit = employees[me].unit
+        units = unit_subtree(world, my_unit) if scope.include_sub_units else {my_unit}
+        return c.unit is not None and c.unit in units
+    if scope.kind in ("project", "all"):
+        return True
+    if scope.kind == "shared":
+        return any(
+            s.customer == c_index
+            and _live(s)
+            and (s.employee == me or (s.unit is not None and s.unit == employees[me].unit))
+            and (action == "select" or s.access == "edit")
+            for s in world.shares
+        )
+    if scope.kind == "criteria":
+        assert scope.where is not None
+        return CRITERIA[scope.where](c)
+    raise AssertionError(f"unknown scope kind {scope.kind}")
+
+
+def in_audience(world: World, employees: list[Employee], rule: Rule, me: int) -> bool:
+    if me in rule.employees:
+        return True
+    if rule.unit is None:
+        return False
+    units = unit_subtree(world, rule.unit) if rule.include_sub_units else {rule.unit}
+    return employees[me].unit in units
+
+
+def rules_without_audience(
+    world: World, employees: list[Employee], departed: frozenset[int]
+) -> set[str]:
+    """Rules no active employee is in: `policy apply` refuses them."""
+    return {
+        r.name
+        for r in world.rules
+        if not any(
+            in_audience(world, employees, r, e) for e in range(len(employees)) if e not in departed
+        )
+    }
+
+
+def privileges(world: World, employee: int) -> set[str]:
+    """Table privileges on crm.customers the employee has through held templates."""
+    if employee in world.departed:
+        return set()
+    held = holdings(world, employee)
+    actions: set[str] = set()
+    for name in held:
+        for scope in effective_scopes(world.templates, name):
+            actions |= scope.actions & {"select", "update"}
+    return actions
+
+
+def grants(world: World, employee: int, rules: tuple[Rule, ...] | None = None) -> list[Grant]:
+    """Every (customer, action) the model grants the employee, and through what."""
+    if employee in world.departed:
+        return []
+    employees = final_employees(world)
+    found: list[Grant] = []
+    for name, projects in sorted(holdings(world, employee).items()):
+        for scope in effective_scopes(world.templates, name):
+            for action in ("select", "update"):
+                if action not in scope.actions:
+                    continue
+                for i, c in enumerate(world.customers):
+                    guard = scope.kind == "all" or c.project in projects
+                    if guard and _predicate(world, employees, scope, i, employee, action):
+                        found.append(Grant(i, action, f"{name}/{scope.label}", scope.kind))
+    for rule in world.rules if rules is None else rules:
+        if not in_audience(world, employees, rule, employee):
+            continue
+        actions = ("select", "update") if rule.access == "edit" else ("select",)
+        for i, c in enumerate(world.customers):
+            if CRITERIA[rule.where](c) and (rule.project is None or c.project == rule.project):
+                found += [Grant(i, a, f"rule {rule.name}", "rule") for a in actions]
+    return found
+
+
+def access(world: World, employee: int, rules: tuple[Rule, ...] | None = None) -> Access:
+    """What the employee sees and may update, by customer index."""
+    have = privileges(world, employee)
+    granted = grants(world, employee, rules)
+    return Access(
+        frozenset(g.customer for g in granted if g.action == "select")
+        if "select" in have
+        else None,
+        frozenset(g.customer for g in granted if g.action == "update")
+        if "update" in have
+        else None,
+    )

@@ -1,0 +1,585 @@
+"""PostgreSQL's row-level security agrees with an independent model of the templates.
+
+For random org trees, managers, memberships, templates (some extending another),
+customers, shares, sharing rules, moves and departures, every employee's set of
+crm.customers rows that SELECT returns and that a no-op UPDATE reaches must equal
+what tests/property/model.py computes from the template semantics alone. Most
+employees are probed with SET LOCAL ROLE from a superuser session, a couple per
+example by logging in as themselves; both must agree with the model.
+
+Each example gets its own scratch database. Template names carry the database's
+prefix (template roles crmdb_tpl_<name> are cluster-wide), and those roles are
+dropped with the database.
+
+CRMDB_PROPERTY_EXAMPLES sets the number of examples (default 40).
+"""
+
+import dataclasses
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+import yaml
+from hypothesis import HealthCheck, Phase, event, given, settings
+from hypothesis import strategies as st
+from model import (
+    CRITERIA,
+    KINDS,
+    SOLUTIONS,
+    SOURCES,
+    STAGES,
+    Customer,
+    Employee,
+    Membership,
+    Move,
+    Rule,
+    Scope,
+    Share,
+    Template,
+    Unit,
+    World,
+    access,
+    effective_scopes,
+    employees_after,
+    final_employees,
+    grants,
+    holdings,
+    move_is_valid,
+    rules_without_audience,
+)
+from psycopg import errors, sql
+
+from crmdb.db import as_role
+from crmdb.policies.apply import apply_in
+from crmdb.policies.compile import compile_policies
+from crmdb.policies.model import PolicyError, PolicySet, load_policies
+from crmdb.queries import query
+from crmdb.testing.scratch import TEST_PASSWORD, ScratchDatabase, ScratchFactory
+
+ADD_UNIT = "SELECT crm_admin.add_org_unit(%s, %s, %s::crm.org_unit_kind, %s)"
+ADD_EMPLOYEE = (
+    "SELECT crm_admin.add_employee(%(role)s, %(name)s, %(email)s, %(unit)s, %(manager)s,"
+    " p_login => true, p_password => %(pw)s)"
+)
+ADD_PROJECT = "SELECT crm_admin.add_project(%s, %s, %s::crm.solution[])"
+ADD_MEMBER = "SELECT crm_admin.add_project_member(%s, %s, %s::crm.solution, %s)"
+MOVE = "SELECT crm_admin.move_employee(%s, %s, %s, %s)"
+DEPART = "SELECT crm_admin.set_employee_status(%s, 'departed')"
+ADD_CUSTOMER = (
+    "INSERT INTO crm.customers (id, project_id, owner_id, org_unit_id, full_name, stage,"
+    " source, score) VALUES (%s, %s, %s, %s, %s, %s::crm.customer_stage,"
+    " %s::crm.source_channel, %s)"
+)
+ADD_SHARE = """
+INSERT INTO crm.shares (customer_id, grantee_employee_id, grantee_org_unit_id, access,
+                        granted_by, created_at, expires_at)
+VALUES (%(customer)s, %(employee)s, %(unit)s, %(access)s::crm.share_access, %(by)s,
+        CASE WHEN %(state)s::text = 'expired' THEN now() - interval '2 days' ELSE now() END,
+        CASE %(state)s::text
+            WHEN 'expired' THEN now() - interval '1 day'
+            WHEN 'until_tomorrow' THEN now() + interval '1 day'
+        END)
+RETURNING id
+"""
+VISIBLE = "SELECT id FROM crm.customers"
+# A no-op update: passes USING and WITH CHECK (anchors stay) wherever update is granted.
+UPDATABLE = (
+    "UPDATE crm.customers SET updated_at = updated_at WHERE id = ANY (%s::bigint[]) RETURNING id"
+)
+
+EXAMPLES = int(os.environ.get("CRMDB_PROPERTY_EXAMPLES", "40"))
+# Customer i is inserted with id ID_BASE + i, so ids read back map to model indices.
+ID_BASE = 1000
+
+
+# The world, drawn ---------------------------------------------------------------
+
+
+def _actions(draw: st.DrawFn) -> frozenset[str]:
+    extra = draw(st.sets(st.sampled_from(["update", "insert", "delete", "export"])))
+    return frozenset({"select", *extra})
+
+
+def _scope(draw: st.DrawFn, kind: str, name: str = "") -> Scope:
+    if kind == "criteria":
+        return Scope(kind, _actions(draw), name, draw(st.sampled_from(sorted(CRITERIA))))
+    if kind == "org_unit":
+        return Scope(kind, _actions(draw), name, include_sub_units=draw(st.booleans()))
+    return Scope(kind, _actions(draw), name)
+
+
+def _templates(draw: st.DrawFn) -> tuple[Template, ...]:
+    suffixes = draw(
+        st.lists(
+            st.text("abcdefghijklmnopqrstuvwxyz", min_size=3, max_size=3),
+            min_size=2,
+            max_size=4,
+            unique=True,
+        )
+    )
+    templates: list[Template] = []
+    for suffix in suffixes:
+        # Mostly flat; sometimes one parent (which may itself have one).
+        parent = (
+            draw(st.sampled_from([None, None, None, *(t.name for t in templates)]))
+            if templates
+            else None
+        )
+        scopes: list[Scope] = []
+        for j, kind in enumerate(draw(st.lists(st.sampled_from(KINDS), min_size=1, max_size=4))):
+            scope = _scope(draw, kind, f"c{j}" if kind == "criteria" else "")
+            if scope.label not in {s.label for s in scopes}:
+                scopes.append(scope)
+        if parent is not None and draw(st.booleans()):
+            # Re-declare an inherited label: the child's version replaces the parent's.
+            inherited = effective_scopes(tuple(templates), parent)
+            old = draw(st.sampled_from(inherited))
+            if old.label not in {s.label for s in scopes}:
+                scopes.append(_scope(draw, old.kind, old.name))
+        templates.append(Template(f"t_{suffix}", parent, tuple(scopes)))
+    return tuple(templates)
+
+
+@st.composite
+def cases(draw: st.DrawFn) -> tuple[World, tuple[int, ...]]:
+    """A world, and the employees who also log in directly."""
+    n_units = draw(st.integers(3, 8))
+    units = [Unit("u0", None)]
+    units += [Unit(f"u{i}", draw(st.integers(0, i - 1))) for i in range(1, n_units)]
+    n_emp = draw(st.integers(4, 12))
+    mixed = draw(st.integers(0, n_emp - 1))  # at least one mixed-case role name
+    employees: list[Employee] = []
+    for i in range(n_emp):
+        style = "Mixed" if i == mixed else draw(st.sampled_from(["lower", "Mixed", "dash"]))
+        name = {"lower": f"emp{i}", "Mixed": f"Emp{i}_Mc", "dash": f"emp-{i}"}[style]
+        manager = draw(st.none() | st.integers(0, i - 1)) if i else None
+        employees.append(Employee(name, draw(st.integers(0, n_units - 1)), manager))
+    n_proj = draw(st.integers(1, 3))
+    templates = _templates(draw)
+    emp = st.integers(0, n_emp - 1)
+    unit = st.integers(0, n_units - 1)
+    # Counts drawn first (then exactly that many), so examples are dense enough for
+    # identity-bound scopes (own, subordinates, shared) to meet a matching row.
+    membership = st.builds(
+        Membership,
+        emp,
+        st.integers(0, n_proj - 1),
+        st.sampled_from(SOLUTIONS),
+        st.sampled_from([t.name for t in templates]),
+    )
+    memberships = [draw(membership) for _ in range(draw(st.integers(0, 2 * n_emp)))]
+    moves: list[Move] = []
+    for _ in range(draw(st.integers(0, 2))):
+        manager = draw(st.none() | emp)
+        clear = manager is None and draw(st.booleans())
+        moves.append(Move(draw(emp), manager, clear, draw(st.none() | unit)))
+    customer = st.builds(
+        Customer,
+        st.integers(0, n_proj - 1),
+        st.none() | emp,
+        st.none() | unit,
+        st.sampled_from(STAGES),
+        st.sampled_from(SOURCES),
+        st.integers(0, 100),
+    )
+    customers = [draw(customer) for _ in range(draw(st.integers(0, 30)))]
+    shares: list[Share] = []
+    if customers:
+        for _ in range(draw(st.integers(0, 10))):
+            to_unit = draw(st.booleans())
+            shares.append(
+                Share(
+                    draw(st.integers(0, len(customers) - 1)),
+                    None if to_unit else draw(emp),
+                    draw(unit) if to_unit else None,
+                    draw(st.sampled_from(["read", "edit"])),
+                    draw(st.sampled_from(["open", "until_tomorrow", "expired"])),
+                    draw(st.none() | emp),
+                )
+            )
+    departed = draw(st.sets(emp, max_size=2))
+    rules: list[Rule] = []
+    for k in range(draw(st.integers(0, 2))):
+        audience = draw(st.sampled_from(["unit", "employees", "both"]))
+        rule_unit = draw(unit) if audience != "employees" else None
+        rules.append(
+            Rule(
+                f"r{k}",
+                draw(st.sampled_from(sorted(CRITERIA))),
+                draw(st.none() | st.integers(0, n_proj - 1)),
+                draw(st.sampled_from(["read", "edit"])),
+                rule_unit,
+                rule_unit is not None and draw(st.booleans()),
+                tuple(draw(st.lists(emp, min_size=1, max_size=2, unique=True)))
+                if audience != "unit"
+                else (),
+            )
+        )
+    world = World(
+        tuple(units),
+        tuple(employees),
+        n_proj,
+        templates,
+        tuple(memberships),
+        tuple(moves),
+        tuple(customers),
+        tuple(shares),
+        frozenset(departed),
+        tuple(rules),
+        draw(st.booleans()),
+    )
+    direct = tuple(draw(st.lists(emp, min_size=2, max_size=2, unique=True)))
+    return world, direct
+
+
+# Building it in PostgreSQL --------------------------------------------------------
+
+
+@contextmanager
+def scratch_database(scratch: ScratchFactory) -> Iterator[ScratchDatabase]:
+    """A fresh migrated database; dropped afterwards with its roles and template roles."""
+    db = scratch.migrated()
+    try:
+        yield db
+    finally:
+        db.drop()
+        with psycopg.connect(db.cluster.admin_uri, autocommit=True) as conn:
+            prefix = f"crmdb_tpl_{db.prefix}"
+            for (role,) in conn.execute(query("roles_with_prefix"), {"prefix": prefix}):
+                conn.execute(query("drop_role").format(role=sql.Identifier(role)))
+
+
+@dataclass
+class Built:
+    db: ScratchDatabase
+    world: World
+    rules: tuple[Rule, ...] = ()  # the rules applied (apply refuses rules reaching nobody)
+    unit_ids: list[int] = dataclasses.field(default_factory=list)
+    employee_ids: list[int] = dataclasses.field(default_factory=list)
+    project_ids: list[int] = dataclasses.field(default_factory=list)
+
+    def role(self, employee: int) -> str:
+        return self.db.role(self.world.employees[employee].name)
+
+    def template(self, name: str) -> str:
+        """Template names carry the database's prefix: template roles are cluster-wide."""
+        return f"{self.db.prefix}{name}"
+
+
+def _scope_yaml(scope: Scope) -> dict[str, object]:
+    doc: dict[str, object] = {"scope": scope.kind}
+    if scope.name:
+        doc["name"] = scope.name
+    if scope.where is not None:
+        doc["where"] = scope.where
+    if scope.include_sub_units:
+        doc["include_sub_units"] = True
+    doc["actions"] = [
+        a for a in ("select", "insert", "update", "delete", "export") if a in scope.actions
+    ]
+    return doc
+
+
+def template_docs(world: World, physical: dict[str, str]) -> dict[str, dict[str, object]]:
+    """Each template as the YAML document written for it."""
+    docs: dict[str, dict[str, object]] = {}
+    for t in world.templates:
+        doc: dict[str, object] = {"template": physical[t.name]}
+        if t.parent:
+            doc["extends"] = [physical[t.parent]]
+        doc["tables"] = {"customers": {"rows": [_scope_yaml(s) for s in t.scopes]}}
+        # crmdb's loader rejects a template without `tests:` ("'tests' must be a list"),
+        # see the report; an empty list is accepted.
+        doc["tests"] = []
+        docs[t.name] = doc
+    return docs
+
+
+def load_world_policies(built: Built, directory: Path) -> PolicySet:
+    world = built.world
+    physical = {t.name: built.template(t.name) for t in world.templates}
+    for doc in template_docs(world, physical).values():
+        path = directory / f"{doc['template']}.yaml"
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    if world.rules:
+        rules = []
+        for r in world.rules:
+            to: dict[str, object] = {}
+            if r.unit is not None:
+                to["org_unit"] = world.units[r.unit].code
+                to["include_sub_units"] = r.include_sub_units
+            if r.employees:
+                to["employees"] = [built.role(e) for e in r.employees]
+            rule: dict[str, object] = {"name": r.name, "table": "customers", "where": r.where}
+            if r.project is not None:
+                rule["project"] = f"p{r.project}"
+            rule |= {"access": r.access, "to": to}
+            rules.append(rule)
+        (directory / "sharing_rules.yaml").write_text(
+            yaml.safe_dump({"sharing_rules": rules}, sort_keys=False)
+        )
+    return load_policies(directory)
+
+
+def apply_policies(
+    conn: psycopg.Connection, built: Built, employees: list[Employee], departed: frozenset[int]
+) -> None:
+    """Apply the templates; rules that reach no active employee must be refused."""
+    world = built.world
+    nobody = rules_without_audience(world, employees, departed)
+    with tempfile.TemporaryDirectory(prefix="crmdb-property-") as tmp:
+        policies = load_world_policies(built, Path(tmp))
+    if nobody:
+        with pytest.raises(PolicyError) as refused, conn.transaction():
+            apply_in(conn, compile_policies(policies))
+        named = {
+            r.name for r in world.rules if f"sharing rule {r.name} matches nobody" in str(refused)
+        }
+        assert named == nobody, f"apply refused {named}, the model expected {nobody}"
+        policies = dataclasses.replace(
+            policies, sharing_rules=[r for r in policies.sharing_rules if r.name not in nobody]
+        )
+        event("a sharing rule reached nobody")
+    with conn.transaction():
+        apply_in(conn, compile_policies(policies))
+    built.rules = tuple(r for r in world.rules if r.name not in nobody)
+
+
+def _one(conn: psycopg.Connection, statement: str, params: object) -> int:
+    row = conn.execute(statement, params).fetchone()  # type: ignore[arg-type]
+    assert row is not None
+    return int(row[0])
+
+
+def build(db: ScratchDatabase, world: World) -> Built:
+    """The world in `db`, through the admin API (customers and shares by INSERT)."""
+    built = Built(db, world)
+    with db.connect() as conn:
+        for u in world.units:
+            parent = world.units[u.parent].code if u.parent is not None else None
+            kind = "company" if u.parent is None else "team"
+            built.unit_ids.append(_one(conn, ADD_UNIT, (u.code, u.code.upper(), kind, parent)))
+        for i, e in enumerate(world.employees):
+            params = {
+                "role": built.role(i),
+                "name": e.name,
+                "email": f"{e.name.lower()}@example.test",
+                "unit": world.units[e.unit].code,
+                "manager": built.role(e.manager) if e.manager is not None else None,
+                "pw": TEST_PASSWORD,
+            }
+            built.employee_ids.append(_one(conn, ADD_EMPLOYEE, params))
+        for p in range(world.projects):
+            built.project_ids.append(
+                _one(conn, ADD_PROJECT, (f"p{p}", f"Project {p}", list(SOLUTIONS)))
+            )
+        if world.apply_early:  # the memberships below are then synced by the trigger
+            apply_policies(conn, built, list(world.employees), frozenset())
+        for m in world.memberships:
+            member = (f"p{m.project}", built.role(m.employee), m.solution)
+            conn.execute(ADD_MEMBER, (*member, built.template(m.template)))
+        for k, move in enumerate(world.moves):
+            params = (
+                built.role(move.employee),
+                built.role(move.manager) if move.manager is not None else None,
+                world.units[move.unit].code if move.unit is not None else None,
+                move.clear_manager,
+            )
+            if move_is_valid(employees_after(world, world.moves[:k]), move):
+                conn.execute(MOVE, params)
+            else:  # reporting to oneself or to a subordinate
+                with pytest.raises(errors.CheckViolation):
+                    conn.execute(MOVE, params)
+        with conn.cursor() as cur:
+            cur.executemany(
+                ADD_CUSTOMER,
+                [
+                    (
+                        ID_BASE + i,
+                        built.project_ids[c.project],
+                        built.employee_ids[c.owner] if c.owner is not None else None,
+                        built.unit_ids[c.unit] if c.unit is not None else None,
+                        f"Customer {i}",
+                        c.stage,
+                        c.source,
+                        c.score,
+                    )
+                    for i, c in enumerate(world.customers)
+                ],
+            )
+        for share in world.shares:
+            params = {
+                "customer": ID_BASE + share.customer,
+                "employee": (
+                    built.employee_ids[share.employee] if share.employee is not None else None
+                ),
+                "unit": built.unit_ids[share.unit] if share.unit is not None else None,
+                "access": share.access,
+                "by": built.employee_ids[share.granted_by]
+                if share.granted_by is not None
+                else None,
+                "state": share.state,
+            }
+            conn.execute(ADD_SHARE, params)
+        for i in sorted(world.departed):
+            conn.execute(DEPART, (built.role(i),))
+        if not world.apply_early:
+            apply_policies(conn, built, final_employees(world), world.departed)
+    return built
+
+
+# Observing it -----------------------------------------------------------------------
+
+Observed = frozenset[int] | None | str  # ids, None when the privilege is missing, or an error
+
+
+@contextmanager
+def acting(conn: psycopg.Connection, role: str | None) -> Iterator[None]:
+    """A transaction that is rolled back, as `role` (SET LOCAL ROLE) or as the login."""
+    with conn.transaction(force_rollback=True):
+        if role is None:
+            yield
+        else:
+            with as_role(conn, role):
+                yield
+
+
+def _attempt(
+    conn: psycopg.Connection, role: str | None, statement: str, *params: object
+) -> Observed:
+    try:
+        with acting(conn, role):
+            rows = conn.execute(statement, params or None).fetchall()  # type: ignore[arg-type]
+    except errors.InsufficientPrivilege as exc:
+        if "permission denied for table customers" in str(exc):
+            return None
+        return f"error: {exc}"
+    except psycopg.Error as exc:
+        return f"error: {exc}"
+    return frozenset(int(r[0]) - ID_BASE for r in rows)
+
+
+def observe(conn: psycopg.Connection, role: str | None, world: World) -> tuple[Observed, Observed]:
+    ids = [ID_BASE + i for i in range(len(world.customers))]
+    return _attempt(conn, role, VISIBLE), _attempt(conn, role, UPDATABLE, ids)
+
+
+# Explaining a difference -------------------------------------------------------------
+
+
+def _customer(built: Built, i: int) -> str:
+    c = built.world.customers[i]
+    owner = built.world.employees[c.owner].name if c.owner is not None else None
+    unit = built.world.units[c.unit].code if c.unit is not None else None
+    return (
+        f"    #{ID_BASE + i}: project p{c.project}, owner {owner}, unit {unit}, "
+        f"{c.stage}, {c.source}, score {c.score}"
+    )
+
+
+def _difference(built: Built, what: str, got: Observed, want: frozenset[int] | None) -> list[str]:
+    if got == want:
+        return []
+    lines = [f"  {what}: PostgreSQL {_show(got)}, model {_show(want)}"]
+    if isinstance(got, frozenset) and isinstance(want, frozenset):
+        for label, ids in (("only PostgreSQL", got - want), ("only the model", want - got)):
+            if ids:
+                lines.append(f"   {label}:")
+                lines += [_customer(built, i) for i in sorted(ids)]
+    return lines
+
+
+def _show(value: Observed) -> str:
+    if isinstance(value, frozenset):
+        return str(sorted(ID_BASE + i for i in value))
+    return "refused (no table privilege)" if value is None else value
+
+
+def explain(built: Built, employee: int, how: str, got: tuple[Observed, Observed]) -> str:
+    world = built.world
+    want = access(world, employee, built.rules)
+    diff = _difference(built, "visible", got[0], want.visible)
+    diff += _difference(built, "updatable", got[1], want.updatable)
+    if not diff:
+        return ""
+    now = final_employees(world)[employee]
+    manager = world.employees[now.manager].name if now.manager is not None else None
+    held = {t: sorted(f"p{p}" for p in ps) for t, ps in sorted(holdings(world, employee).items())}
+    lines = [
+        f"employee {now.name} (role {built.role(employee)!r}, id {built.employee_ids[employee]},"
+        f" unit {world.units[now.unit].code}, manager {manager},"
+        f" departed {employee in world.departed}) via {how}",
+        f"  holds {held}",
+        *diff,
+        "  the model's grants:",
+        *(
+            f"    #{ID_BASE + g.customer} {g.action} via {g.via}"
+            for g in grants(world, employee, built.rules)
+        ),
+    ]
+    return "\n".join(lines)
+
+
+def describe_world(built: Built) -> str:
+    world = built.world
+    physical = {t.name: built.template(t.name) for t in world.templates}
+    docs = template_docs(world, physical)
+    lines = ["templates:"]
+    for t in world.templates:
+        lines.append(yaml.safe_dump(docs[t.name], sort_keys=False).rstrip())
+        merged = effective_scopes(world.templates, t.name)
+        lines.append(f"# effective: {[(s.label, sorted(s.actions)) for s in merged]}")
+    lines.append(f"sharing rules applied: {built.rules}")
+    lines.append("units: " + ", ".join(f"{u.code}<{u.parent}" for u in world.units))
+    lines.append(
+        "employees (final): "
+        + ", ".join(
+            f"{i}:{e.name}@u{e.unit}<{e.manager}" for i, e in enumerate(final_employees(world))
+        )
+    )
+    lines.append("shares:")
+    lines += [f"  {s}" for s in world.shares]
+    return "\n".join(lines)
+
+
+# The properties -------------------------------------------------------------------
+
+
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    # no explain phase: it reruns a failing example a hundred times (a minute or more)
+    phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
+)
+@given(cases())
+def test_row_access_matches_the_model(scratch, case):
+    world, direct = case
+    event(f"sharing rules: {len(world.rules)}")
+    event("policies applied before memberships" if world.apply_early else "applied last")
+    with scratch_database(scratch) as db:
+        built = build(db, world)
+        problems: list[str] = []
+        with db.connect() as conn:
+            for e in range(len(world.employees)):
+                got = observe(conn, built.role(e), world)
+                problems.append(explain(built, e, "SET LOCAL ROLE", got))
+        for e in direct:
+            if e in world.departed:  # departed: the login is closed
+                with pytest.raises(psycopg.OperationalError):
+                    db.connect_as(built.role(e)).close()
+                continue
+            with db.connect_as(built.role(e)) as conn:
+                got = observe(conn, None, world)
+            problems.append(explain(built, e, "direct login", got))
+        problems = [p for p in problems if p]
+        for e in range(len(world.employees)):
+            for g in grants(world, e, built.rules):
+                event(f"some {g.action} granted through {g.kind}")
+        assert not problems, "\n".join([*problems, describe_world(built)])
