@@ -472,8 +472,10 @@ def demo_cmd(dsn: str | None) -> None:
         applied = apply_in(conn, desired)
     progress.close()
     click.echo(render_report(report, psql_command(target, report.sample_rep_role)))
-    click.echo(f"\nRole templates: {len(desired.roles)} applied from policies/ "
-               f"({len(applied.statements)} statements this run)")
+    click.echo(
+        f"\nRole templates: {len(desired.roles)} applied from policies/ "
+        f"({len(applied.statements)} statements this run)"
+    )
     with connect(target, autocommit=True) as conn:
         click.echo(render_access(access_report(conn, report)))
 

@@ -602,9 +602,8 @@ def access_report(conn: psycopg.Connection, report: DemoReport) -> tuple[AccessL
             query("demo_access_paths", SQL_FILE), {"role": employee.role}
         ).fetchall()
         assert row is not None and by_rules is not None
-        lines.append(
-            AccessLine(employee, int(row[0]), int(by_rules[0]), tuple((p, int(n)) for p, n in paths))
-        )
+        by_path = tuple((p, int(n)) for p, n in paths)
+        lines.append(AccessLine(employee, int(row[0]), int(by_rules[0]), by_path))
     return tuple(lines)
 
 

@@ -6,6 +6,7 @@ and each carries a COMMENT saying which template and scope produced it.
 """
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from crmdb.policies.model import PolicySet, Scope, SharingRule
 from crmdb.policies.render import render, sections
@@ -23,6 +24,7 @@ class PolicyDef:
     using: str | None
     check: str | None
     comment: str
+    origin: tuple[Path, int] | None = None  # where in policies/ it comes from, for errors
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,11 @@ class AccessPath:
     @property
     def actions(self) -> list[str]:
         return [a for a in ACTIONS if a in self.scope.actions]
+
+    @property
+    def read_actions(self) -> list[str]:
+        """The actions a read-only share still gives."""
+        return [a for a in self.actions if a not in ("update", "delete")]
 
     @property
     def edit(self) -> bool:
@@ -85,11 +92,17 @@ def _add(desired: Desired, policy: PolicyDef) -> None:
     desired.policies[(policy.table, policy.name)] = policy
 
 
-def _scope_policies(desired: Desired, template: str, table: Table, scope: Scope) -> None:
+def _scope_policies(
+    desired: Desired, template: str, table: Table, scope: Scope, movers: list[Scope]
+) -> None:
     for command in COMMANDS:
         if command not in scope.actions:
             continue
-        parts = sections(render("policies.sql.j2", t=table, s=scope, tpl=template, command=command))
+        parts = sections(
+            render(
+                "policies.sql.j2", t=table, s=scope, tpl=template, command=command, movers=movers
+            )
+        )
         actions = ", ".join(
             a for a in ("select", "insert", "update", "delete", "export") if a in scope.actions
         )
@@ -103,6 +116,7 @@ def _scope_policies(desired: Desired, template: str, table: Table, scope: Scope)
                 using=parts.get("using"),
                 check=parts.get("check"),
                 comment=f"crmdb: template {template}, scope {scope.label} ({actions})",
+                origin=(scope.path, scope.where_line) if scope.path else None,
             ),
         )
 
@@ -121,6 +135,7 @@ def _rule_policies(desired: Desired, rule: SharingRule) -> None:
                 using=parts.get("using"),
                 check=parts.get("check"),
                 comment=f"crmdb: sharing rule {rule.name} ({rule.access}): {rule.where}",
+                origin=(rule.path, rule.line),
             ),
         )
 
@@ -134,11 +149,12 @@ def compile_policies(policies: PolicySet) -> Desired:
         for table_name, scopes in policies.effective(name).items():
             table = TABLES[table_name]
             privileges = set()
+            movers = [s for s in scopes if {"insert", "update"} <= s.actions]
             for scope in scopes:
                 privileges |= {a for a in scope.actions if a in COMMANDS}
                 if "export" in scope.actions:
                     privileges.add("select")
-                _scope_policies(desired, name, table, scope)
+                _scope_policies(desired, name, table, scope, movers)
                 paths.append(AccessPath(name, role, table, scope))
             if privileges:
                 desired.grants[(table.qualified, role)] = frozenset(privileges)
@@ -151,6 +167,7 @@ def compile_policies(policies: PolicySet) -> Desired:
     desired.access_paths = render(
         "access_paths.sql.j2",
         paths=paths,
+        explainable=[t.name for t in TABLES.values() if "id" in t.columns],
         rules=[RuleRole(r, rule_role(r.name)) for r in policies.sharing_rules],
     ).strip()
     return desired

@@ -24,13 +24,17 @@ KEYWORDS = {
     "from",
 }
 FUNCTIONS = {"lower", "upper", "coalesce", "now", "length", "trim"}
+# PostgreSQL reads a run of operator characters as one token, and `--` or `/*` in it
+# as the start of a comment, so runs are matched whole and checked against this list.
+OPERATORS = {"<>", "!=", "<=", ">=", "=", "<", ">", "+", "-", "*", "/", "%"}
 _TOKEN = re.compile(
     r"""
     (?P<space>\s+)
   | (?P<string>'(?:[^']|'')*')
   | (?P<number>\d+(?:\.\d+)?)
   | (?P<ident>[A-Za-z_][A-Za-z0-9_]*)
-  | (?P<op><>|!=|<=|>=|=|<|>|\+|-|\*|/|%|::)
+  | (?P<cast>::)
+  | (?P<op>[-+*/<>=!%~@#^&|`?]+)
   | (?P<punct>[(),])
     """,
     re.VERBOSE,
@@ -43,16 +47,26 @@ def check_criteria(expression: object, columns: tuple[str, ...]) -> list[str]:
         return ["criteria 'where' must be a non-empty SQL condition"]
     problems: list[str] = []
     tokens: list[tuple[str, str]] = []
-    pos = 0
+    pos, gap = 0, True
     while pos < len(expression):
         match = _TOKEN.match(expression, pos)
         if not match:
             bad = expression[pos]
             hint = " (quote strings with ')" if bad == '"' else ""
             return [f"criteria: unexpected character {bad!r} at position {pos + 1}{hint}"]
-        kind = match.lastgroup or ""
+        kind, text = match.lastgroup or "", match.group()
+        if kind == "op" and text not in OPERATORS:
+            what = "comments are" if "--" in text or "/*" in text else f"operator {text!r} is"
+            return [f"criteria: {what} not allowed (at position {pos + 1})"]
+        if kind == "string" and tokens and tokens[-1][0] == "ident" and not gap:
+            # E'..', U&'..', B'..': prefixed strings with escapes of their own.
+            return [f"criteria: prefixed string literals are not allowed (at position {pos})"]
+        if kind == "string" and "\\" in text:
+            # With standard_conforming_strings off a backslash escapes the quote.
+            return [f"criteria: backslashes in strings are not allowed (at position {pos + 1})"]
         if kind != "space":
-            tokens.append((kind, match.group()))
+            tokens.append((kind, text))
+        gap = kind == "space"
         pos = match.end()
 
     depth = 0

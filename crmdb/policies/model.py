@@ -46,6 +46,8 @@ class Scope:
     include_sub_units: bool = False  # org_unit only
     name: str = ""  # distinguishes several criteria scopes on one table
     line: int = 0
+    path: Path | None = None  # the template file that declared it (for errors)
+    where_line: int = 0
 
     @property
     def label(self) -> str:
@@ -220,6 +222,8 @@ def _scopes(r: _Reader, table: str, node: Any, line: int) -> tuple[Scope, ...]:
                 bool(sub_units),
                 name,
                 item_line,
+                r.path,
+                item.line_of("where") if where is not None else item_line,
             )
         )
     labels = [s.label for s in scopes]

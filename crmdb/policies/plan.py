@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import psycopg
 
+from crmdb.db import server_error
 from crmdb.policies.compile import Desired, PolicyDef
 from crmdb.policies.model import PolicyError, Problem
 from crmdb.policies.render import ddl
@@ -39,8 +40,10 @@ def _normalise(
         by_table[policy.table].append(policy)
     normalised: dict[tuple[str, str], tuple[str | None, str | None]] = {}
     with conn.transaction(force_rollback=True):
-        for i, (table, policies) in enumerate(sorted(by_table.items())):
-            temp = f"crmdb_normalise_{i}"
+        for table, policies in sorted(by_table.items()):
+            # Named like the real table: pg_get_expr qualifies outer references in
+            # sub-selects with the table's name, so any other name never compares equal.
+            temp = table.split(".")[-1]
             conn.execute(ddl("normalise_table", temp, table))
             for policy in policies:
                 copy = PolicyDef(
@@ -52,7 +55,23 @@ def _normalise(
                     policy.check,
                     policy.comment,
                 )
-                conn.execute(ddl("create_policy", copy))
+                try:
+                    conn.execute(ddl("create_policy", copy))
+                except psycopg.Error as exc:
+                    # The criteria text is the only user input in a policy: name its line.
+                    if policy.origin is None:
+                        raise
+                    path, line = policy.origin
+                    raise PolicyError(
+                        [
+                            Problem(
+                                path,
+                                line,
+                                f"{policy.comment.removeprefix('crmdb: ')}: PostgreSQL "
+                                f"rejects the policy {policy.name}: {server_error(exc)}",
+                            )
+                        ]
+                    ) from None
             rows = conn.execute(
                 query("normalised_policies"), {"temp_table": f"pg_temp.{temp}"}
             ).fetchall()

@@ -45,6 +45,11 @@ def literal(value: Any) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
+def sql_text_array(values: list[str]) -> str:
+    """ARRAY['a', 'b']::text[] (an empty list gives an empty array)."""
+    return "ARRAY[" + ", ".join(literal(v) for v in values) + "]::text[]"
+
+
 @cache
 def environment() -> jinja2.Environment:
     env = jinja2.Environment(
@@ -57,6 +62,7 @@ def environment() -> jinja2.Environment:
     )
     env.filters["ident"] = ident
     env.filters["literal"] = literal
+    env.filters["sql_text_array"] = sql_text_array
     return env
 
 

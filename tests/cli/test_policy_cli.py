@@ -150,10 +150,16 @@ def test_plan_without_the_org_the_sharing_rule_names(db: ScratchDatabase) -> Non
     before = state(db)
     result = crmdb(db, "policy", "plan")
     # Expect exit 1 naming the rule's file:line and both names it cannot find: the
-    # shipped rule is written for the fixture org (unit saoviet.hn.cskh, project saoviet.crm)
+    # shipped rule is written for the demo org (unit saoviet.hn.cskh, project
+    # saoviet.crm)
     assert result.exit_code == 1, result.output
-    assert f"{where}: sharing rule web_leads_to_care: unknown org unit 'saoviet.hn.cskh'" in result.output
-    assert f"{where}: sharing rule web_leads_to_care: unknown project 'saoviet.crm'" in result.output
+    assert (
+        f"{where}: sharing rule web_leads_to_care: unknown org unit 'saoviet.hn.cskh'"
+        in result.output
+    )
+    assert (
+        f"{where}: sharing rule web_leads_to_care: unknown project 'saoviet.crm'" in result.output
+    )
     # Expect nothing changed
     assert catalog.diff(before, state(db)) == []
 

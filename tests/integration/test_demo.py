@@ -11,8 +11,9 @@ from datetime import UTC, datetime
 import pytest
 from psycopg import sql
 
-from crmdb.demo import DemoReport, load_demo, render_report
+from crmdb.demo import DemoReport, access_report, load_demo, render_access, render_report
 from crmdb.errors import CrmdbError
+from crmdb.policies.apply import apply_in, load_desired
 from crmdb.testing.scratch import TEST_PASSWORD, ScratchDatabase, ScratchFactory
 
 NOW = datetime(2025, 6, 2, 9, 30, tzinfo=UTC)
@@ -210,3 +211,30 @@ def test_failed_load_leaves_nothing(db):
         # Expect the load rolled back whole: no company, so the next run starts over
         assert conn.execute("SELECT count(*) FROM crm.org_units").fetchone() == (0,)
         assert conn.execute("SELECT count(*) FROM crm.employees").fetchone() == (0,)
+
+
+def test_access_report_with_shipped_policies_agrees_with_the_rules(scratch: ScratchFactory):
+    db = scratch.migrated()
+    try:
+        with db.connect(autocommit=False) as conn, conn.transaction():
+            report = load_demo(conn, role_prefix=db.role("demo_"), password=TEST_PASSWORD, now=NOW)
+            apply_in(conn, load_desired())
+        with db.connect() as conn:
+            lines = {line.employee.role: line for line in access_report(conn, report)}
+            total = conn.execute("SELECT count(*) FROM crm.customers").fetchone()
+        assert total is not None
+        rep, manager, marketer = (
+            lines[e.role] for e in (report.sales_rep, report.manager, report.marketing)
+        )
+        for line in (rep, manager, marketer):
+            # Expect RLS to return exactly what explain_access's rules find, and something
+            assert line.visible == line.by_rules > 0, line
+        # Expect the rep's customers within the manager's, and the marketer (project
+        # scope) to see more than the manager and no more than the whole company
+        assert rep.visible < manager.visible < marketer.visible <= total[0]
+        # Expect the rep's own customers among their paths
+        assert any(path == "sales_rep / own" for path, _ in rep.paths), rep.paths
+        text = render_access(tuple(lines.values()))
+        assert "MISMATCH" not in text and text.count("as the rules say") == 3
+    finally:
+        db.drop()

@@ -108,13 +108,6 @@ def test_share_path_names_share_grantor_and_expiry(org):
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: read shares are not explained: access_paths.sql.j2 renders the shared "
-    "scope of sales_rep (actions select, update) with edit=true, so "
-    "shared_customer_ids(p_role, true) only finds edit shares, while RLS lets read "
-    "shares select",
-)
 def test_read_shares_are_explained(org):
     # Expect a path for the read share x_read of c4 to rep_b (rep_b sees c4 through RLS)
     assert [r[:3] for r in explain(org, "rep_b", "c4")] == [("sales_rep", "shared", ["select"])]
@@ -193,20 +186,12 @@ def test_colleagues_access_cannot_be_explained(org):
             conn.execute(paths, (org.role("mgr_hn"), org.id("c1")))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: crm.explain_access('project_members', ...) and ('project_solutions', ...) "
-    "fail with 'column r.id does not exist': access_paths.sql.j2 filters every table on "
-    "r.id, and these two have no id column",
-)
-def test_tables_without_id_do_not_break_explain_access(org):
+def test_tables_without_id_and_unknown_tables_are_refused_clearly(org):
     with org.connect_as("rep_a") as conn:
-        for table in ("project_members", "project_solutions"):
-            # Expect an answer (no rows, or a clear refusal), not an internal error
-            try:
+        for table in ("project_members", "project_solutions", "no_such_table"):
+            # Expect a refusal naming the table and listing the tables that can be asked
+            with pytest.raises(errors.InvalidParameterValue, match=f"no table {table} with an id"):
                 conn.execute(EXPLAIN, (table, 1)).fetchall()
-            except errors.UndefinedColumn as exc:
-                pytest.fail(f"{table}: {exc.diag.message_primary}")
 
 
 # The command ----------------------------------------------------------------------
@@ -299,10 +284,6 @@ def disagreements(
     return found
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: read shares are not explained (see test_read_shares_are_explained)",
-)
 def test_explain_agrees_with_rls_for_every_employee_and_record(org):
     with org.db.connect() as conn:
         ids = all_ids(conn)

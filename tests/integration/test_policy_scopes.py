@@ -240,7 +240,14 @@ def test_marketing_reads_project_and_works_own_leads(org):
         # Expect permission denied: marketing grants no delete
         denied(conn, DELETE, (org.id("c1"),), "customers")
         # Expect the insert to work: a lead of mkt's own in p1
-        assert count(conn, INSERT, (project(org, "saoviet.crm"), None, org.emp("mkt"), "event", "lead")) == 1
+        assert (
+            count(
+                conn,
+                INSERT,
+                (project(org, "saoviet.crm"), None, org.emp("mkt"), "event", "lead"),
+            )
+            == 1
+        )
         # Expect no activities: marketing sees only its own, and has none
         assert org.visible(conn, "activities") == set()
 
@@ -299,13 +306,6 @@ def test_edit_share_to_employee_allows_fields_not_anchors(org):
         denied(conn, DELETE, (c6,), "customers")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an edit-share grantee can take the customer: the USING of "
-    "customers__sales_rep__shared__update lets the old row in, the WITH CHECK of "
-    "customers__sales_rep__own__update (no anchors check: own allows insert) lets the "
-    "new row out, and PostgreSQL ORs them across policies",
-)
 def test_edit_share_cannot_take_ownership(org):
     c6 = org.id("c6")
     with session(org, "rep_a") as conn:
@@ -324,13 +324,6 @@ def test_read_share_to_employee_reads_only(org):
         assert count(conn, NOTES, (c4,)) == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a read-share grantee can grant themselves edit: the WITH CHECK of "
-    "shares__sales_rep__own__insert only asks granted_by = me and that the customer is "
-    "visible, so rep_b (read share x_read on c4) may insert an edit share of c4 to "
-    "themselves (or to anyone, or to a whole org unit) and then change c4",
-)
 def test_read_share_cannot_be_turned_into_edit(org):
     c4, rep_b = org.id("c4"), org.emp("rep_b")
     share = (

@@ -17,7 +17,6 @@ CRMDB_PROPERTY_EXAMPLES sets the number of examples (default 40).
 import dataclasses
 import os
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
