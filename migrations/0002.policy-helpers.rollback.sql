@@ -12,7 +12,6 @@ DROP FUNCTION crm_private.template_role(text);
 DROP TABLE crm_private.sharing_rule_audiences;
 DROP FUNCTION crm.explain_access(text, bigint);
 DROP FUNCTION crm_private.access_paths(name, text, bigint) CASCADE;
-DROP FUNCTION crm_private.anchors(regclass, bigint, text[]) CASCADE;
 DROP FUNCTION crm_private.prior_row(regclass, bigint, anyelement) CASCADE;
 DROP FUNCTION crm_private.project_id(text) CASCADE;
 DROP FUNCTION crm_private.shared_customer_ids(name, boolean) CASCADE;

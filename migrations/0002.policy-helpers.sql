@@ -74,43 +74,18 @@ AS $$
 $$;
 COMMENT ON FUNCTION crm_private.project_id(text) IS 'The id of a project by code (sharing rules name projects by code)';
 
-CREATE FUNCTION crm_private.anchors(p_table regclass, p_id bigint, p_columns text[]) RETURNS jsonb
-LANGUAGE plpgsql STABLE SET search_path = ''
-AS $$
-DECLARE
-    v_result jsonb;
-BEGIN
-    -- Called from WITH CHECK on UPDATE: reads the row as it was before the statement
-    -- (a STABLE function sees the statement's snapshot), so a policy can require
-    -- columns to stay unchanged. SECURITY INVOKER: the caller's own row policies
-    -- apply, so it reveals nothing the caller could not SELECT.
-    IF p_table NOT IN ('crm.customers'::regclass, 'crm.contracts'::regclass,
-                          'crm.activities'::regclass, 'crm.shares'::regclass) THEN
-        RAISE EXCEPTION 'crm_private.anchors: % is not a crmdb record table', p_table
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    EXECUTE pg_catalog.format(
-        'SELECT pg_catalog.jsonb_build_object(%s) FROM %s WHERE id = $1',
-        (SELECT pg_catalog.string_agg(pg_catalog.format('%L, %I', c, c), ', ')
-           FROM pg_catalog.unnest(p_columns) AS c),
-        p_table)
-    INTO v_result USING p_id;
-    RETURN v_result;
-END
-$$;
-COMMENT ON FUNCTION crm_private.anchors(regclass, bigint, text[]) IS 'The given columns of a record as they were before the current statement, as jsonb (for update checks)';
-
 CREATE FUNCTION crm_private.prior_row(p_table regclass, p_id bigint, p_type anyelement)
 RETURNS SETOF anyelement
 LANGUAGE plpgsql STABLE SET search_path = ''
 AS $$
 BEGIN
-    -- The whole row as it was before the current statement (p_type: NULL::crm.<table>).
-    -- WITH CHECK on UPDATE uses it to ask whether the old row lay in the same scope
-    -- as the new one: PostgreSQL ORs the USING of one policy with the WITH CHECK of
-    -- another, so without it an edit share could be combined with "own" to take a
-    -- customer. SECURITY INVOKER, like anchors(): it shows nothing the caller could
-    -- not SELECT (an invisible row gives no row, and the check fails closed).
+    -- The whole row as it was before the current statement (p_type: NULL::crm.<table>;
+    -- a STABLE function sees the statement's snapshot). WITH CHECK on UPDATE uses it
+    -- to require that columns stay unchanged, or that the old row lay in a scope that
+    -- may move rows: PostgreSQL ORs the USING of one policy with the WITH CHECK of
+    -- another, so the new row alone proves nothing. SECURITY INVOKER: the caller's own
+    -- row policies apply, so it shows nothing the caller could not SELECT (an
+    -- invisible row gives no row, and the check fails closed).
     IF p_table NOT IN ('crm.customers'::regclass, 'crm.contracts'::regclass,
                           'crm.activities'::regclass, 'crm.shares'::regclass) THEN
         RAISE EXCEPTION 'crm_private.prior_row: % is not a crmdb record table', p_table
@@ -283,7 +258,6 @@ GRANT EXECUTE ON FUNCTION
     crm_private.has_template(name, text),
     crm_private.shared_customer_ids(name, boolean),
     crm_private.project_id(text),
-    crm_private.anchors(regclass, bigint, text[]),
     crm_private.prior_row(regclass, bigint, anyelement),
     crm_private.access_paths(name, text, bigint),
     crm.explain_access(text, bigint)

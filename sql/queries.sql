@@ -115,10 +115,20 @@ SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('crmdb policy apply'
 SET LOCAL lock_timeout = '10s'
 
 -- group_roles --
--- Template and sharing rule roles that exist, and whether crmdb_owner may grant them
+-- Template and sharing rule roles that exist, whether crmdb_owner may grant them, and
+-- whether this database uses them (roles are cluster-wide; other databases may hold
+-- other templates): a policy or table grant here, or one of this database's employees
 SELECT r.rolname,
        pg_catalog.shobj_description(r.oid, 'pg_authid') AS comment,
-       pg_catalog.pg_has_role('crmdb_owner', r.oid, 'MEMBER WITH ADMIN OPTION') AS owner_admin
+       pg_catalog.pg_has_role('crmdb_owner', r.oid, 'MEMBER WITH ADMIN OPTION') AS owner_admin,
+       EXISTS (SELECT FROM pg_catalog.pg_policy AS p WHERE r.oid = ANY (p.polroles))
+       OR EXISTS (SELECT FROM pg_catalog.pg_class AS c
+                   CROSS JOIN LATERAL pg_catalog.aclexplode(c.relacl) AS a
+                   WHERE c.relnamespace = 'crm'::regnamespace AND a.grantee = r.oid)
+       OR EXISTS (SELECT FROM pg_catalog.pg_auth_members AS am
+                    JOIN pg_catalog.pg_roles AS m ON m.oid = am.member
+                    JOIN crm.employees AS e ON e.role_name = m.rolname
+                   WHERE am.roleid = r.oid) AS used_here
   FROM pg_catalog.pg_roles AS r
  WHERE r.rolname LIKE 'crmdb\_tpl\_%' OR r.rolname LIKE 'crmdb\_rule\_%'
  ORDER BY r.rolname

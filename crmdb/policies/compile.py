@@ -124,7 +124,7 @@ def _scope_policies(
 def _rule_policies(desired: Desired, rule: SharingRule) -> None:
     table = TABLES[rule.table]
     for command in ("select", "update") if rule.access == "edit" else ("select",):
-        parts = sections(render("sharing_rule.sql.j2", rule=rule, command=command))
+        parts = sections(render("sharing_rule.sql.j2", rule=rule, command=command, table=table))
         _add(
             desired,
             PolicyDef(

@@ -127,7 +127,9 @@ def make_plan(conn: psycopg.Connection, desired: Desired) -> Plan:
     out = plan.statements
 
     # Roles first: grants and policies name them.
-    roles = {r: (comment, admin) for r, comment, admin in conn.execute(query("group_roles"))}
+    roles = {
+        r: (comment, admin, used) for r, comment, admin, used in conn.execute(query("group_roles"))
+    }
     for role, comment in sorted(desired.roles.items()):
         if role not in roles:
             out += [
@@ -141,6 +143,8 @@ def make_plan(conn: psycopg.Connection, desired: Desired) -> Plan:
         if roles[role][0] != comment:
             out.append(ddl("comment_role", role, comment))
     for role in sorted(set(roles) - set(desired.roles)):
+        if not roles[role][2]:
+            continue  # another database's template or rule, or already cleared here
         plan.warnings.append(
             f"role {role} belongs to no template any more; its grants and "
             "policies are removed, the role is left for DROP ROLE by hand"

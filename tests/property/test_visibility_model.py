@@ -249,9 +249,9 @@ def scratch_database(scratch: ScratchFactory) -> Iterator[ScratchDatabase]:
     finally:
         db.drop()
         with psycopg.connect(db.cluster.admin_uri, autocommit=True) as conn:
-            prefix = f"crmdb_tpl_{db.prefix}"
-            for (role,) in conn.execute(query("roles_with_prefix"), {"prefix": prefix}):
-                conn.execute(query("drop_role").format(role=sql.Identifier(role)))
+            for prefix in (f"crmdb_tpl_{db.prefix}", f"crmdb_rule_{db.prefix}"):
+                for (role,) in conn.execute(query("roles_with_prefix"), {"prefix": prefix}):
+                    conn.execute(query("drop_role").format(role=sql.Identifier(role)))
 
 
 @dataclass
@@ -268,6 +268,10 @@ class Built:
 
     def template(self, name: str) -> str:
         """Template names carry the database's prefix: template roles are cluster-wide."""
+        return f"{self.db.prefix}{name}"
+
+    def rule(self, name: str) -> str:
+        """Sharing rule names too: each rule is a cluster-wide role."""
         return f"{self.db.prefix}{name}"
 
 
@@ -315,7 +319,11 @@ def load_world_policies(built: Built, directory: Path) -> PolicySet:
                 to["include_sub_units"] = r.include_sub_units
             if r.employees:
                 to["employees"] = [built.role(e) for e in r.employees]
-            rule: dict[str, object] = {"name": r.name, "table": "customers", "where": r.where}
+            rule: dict[str, object] = {
+                "name": built.rule(r.name),
+                "table": "customers",
+                "where": r.where,
+            }
             if r.project is not None:
                 rule["project"] = f"p{r.project}"
             rule |= {"access": r.access, "to": to}
@@ -338,11 +346,16 @@ def apply_policies(
         with pytest.raises(PolicyError) as refused, conn.transaction():
             apply_in(conn, compile_policies(policies))
         named = {
-            r.name for r in world.rules if f"sharing rule {r.name} matches nobody" in str(refused)
+            r.name
+            for r in world.rules
+            if f"sharing rule {built.rule(r.name)} matches nobody" in str(refused)
         }
         assert named == nobody, f"apply refused {named}, the model expected {nobody}"
         policies = dataclasses.replace(
-            policies, sharing_rules=[r for r in policies.sharing_rules if r.name not in nobody]
+            policies,
+            sharing_rules=[
+                r for r in policies.sharing_rules if r.name not in {built.rule(n) for n in nobody}
+            ],
         )
         event("a sharing rule reached nobody")
     with conn.transaction():
