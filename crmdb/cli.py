@@ -473,7 +473,8 @@ def demo_cmd(dsn: str | None) -> None:
     progress.close()
     click.echo(render_report(report, psql_command(target, report.sample_rep_role)))
     click.echo(
-        f"\nRole templates: {len(desired.roles)} applied from policies/ "
+        f"\nPolicies: {len(desired.roles) - len(desired.audiences)} role templates and "
+        f"{len(desired.audiences)} sharing rules applied from policies/ "
         f"({len(applied.statements)} statements this run)"
     )
     with connect(target, autocommit=True) as conn:
