@@ -592,15 +592,14 @@ class AccessLine:
 def access_report(conn: psycopg.Connection, report: DemoReport) -> tuple[AccessLine, ...]:
     """For each sample employee, RLS's answer next to the rules' (explain_access)."""
     lines = []
+    codes = [project_code(p[0]) for p in PROJECTS]
+    projects = list(_ids(conn, "project_ids", codes=codes).values())
     for employee in (report.sales_rep, report.manager, report.marketing):
+        params = {"role": employee.role, "projects": projects}
         with as_role(conn, employee.role):
-            row = conn.execute(query("demo_visible_customers", SQL_FILE)).fetchone()
-        by_rules = conn.execute(
-            query("demo_customers_by_rules", SQL_FILE), {"role": employee.role}
-        ).fetchone()
-        paths = conn.execute(
-            query("demo_access_paths", SQL_FILE), {"role": employee.role}
-        ).fetchall()
+            row = conn.execute(query("demo_visible_customers", SQL_FILE), params).fetchone()
+        by_rules = conn.execute(query("demo_customers_by_rules", SQL_FILE), params).fetchone()
+        paths = conn.execute(query("demo_access_paths", SQL_FILE), params).fetchall()
         assert row is not None and by_rules is not None
         by_path = tuple((p, int(n)) for p, n in paths)
         lines.append(AccessLine(employee, int(row[0]), int(by_rules[0]), by_path))

@@ -328,7 +328,7 @@ COMMENT ON TABLE crm_private.gateways IS 'LOGIN roles for apps and BI tools that
 -- Identity -------------------------------------------------------------------
 
 CREATE FUNCTION crm_private.employee_id_for(p_role name) RETURNS bigint
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ''
+LANGUAGE sql STABLE PARALLEL SAFE SECURITY DEFINER SET search_path = ''
 AS $$
     -- Answers only for roles this session could act as, so no one learns about a
     -- colleague by passing their role name.
@@ -342,7 +342,7 @@ $$;
 COMMENT ON FUNCTION crm_private.employee_id_for(name) IS 'Employee bound to a role the calling session may act as; NULL otherwise or if departed. Use crm.current_employee_id()';
 
 CREATE FUNCTION crm.current_employee_id() RETURNS bigint
-LANGUAGE sql STABLE SET search_path = ''
+LANGUAGE sql STABLE PARALLEL SAFE SET search_path = ''
 AS $$
     SELECT crm_private.employee_id_for(current_user)
 $$;

@@ -58,15 +58,15 @@ SELECT e.role_name::text, e.full_name, COALESCE(e.title, ''), u.code
  WHERE e.email = %(email)s
 
 -- demo_visible_customers --
--- How many customers the current role sees (run as the employee: RLS decides)
-SELECT count(*) FROM crm.customers
+-- How many of the demo's customers the current role sees (run as the employee: RLS decides)
+SELECT count(*) FROM crm.customers WHERE project_id = ANY (%(projects)s::bigint[])
 
 -- demo_access_paths --
--- Customers an employee may select, per template and scope, by explain_access's reckoning
+-- The demo's customers an employee may select, per template and scope, by explain_access's reckoning (per row: only the demo's projects, not a seeded million)
 SELECT ap.template || ' / ' || ap.scope AS path, count(*) AS customers
   FROM crm.customers AS c
  CROSS JOIN LATERAL crm_private.access_paths(%(role)s, 'customers', c.id) AS ap
- WHERE 'select' = ANY (ap.actions)
+ WHERE c.project_id = ANY (%(projects)s::bigint[]) AND 'select' = ANY (ap.actions)
  GROUP BY 1
  ORDER BY 2 DESC, 1
 
@@ -74,5 +74,6 @@ SELECT ap.template || ' / ' || ap.scope AS path, count(*) AS customers
 -- Customers an employee may select by explain_access (one path is enough)
 SELECT count(*)
   FROM crm.customers AS c
- WHERE EXISTS (SELECT FROM crm_private.access_paths(%(role)s, 'customers', c.id) AS ap
+ WHERE c.project_id = ANY (%(projects)s::bigint[])
+   AND EXISTS (SELECT FROM crm_private.access_paths(%(role)s, 'customers', c.id) AS ap
                 WHERE 'select' = ANY (ap.actions))

@@ -339,7 +339,7 @@ COMMENT ON TABLE crm_private.gateways IS 'LOGIN roles for apps and BI tools that
 -- Identity -------------------------------------------------------------------
 
 CREATE FUNCTION crm_private.employee_id_for(p_role name) RETURNS bigint
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ''
+LANGUAGE sql STABLE PARALLEL SAFE SECURITY DEFINER SET search_path = ''
 AS $$
     -- Answers only for roles this session could act as, so no one learns about a
     -- colleague by passing their role name.
@@ -353,7 +353,7 @@ $$;
 COMMENT ON FUNCTION crm_private.employee_id_for(name) IS 'Employee bound to a role the calling session may act as; NULL otherwise or if departed. Use crm.current_employee_id()';
 
 CREATE FUNCTION crm.current_employee_id() RETURNS bigint
-LANGUAGE sql STABLE SET search_path = ''
+LANGUAGE sql STABLE PARALLEL SAFE SET search_path = ''
 AS $$
     SELECT crm_private.employee_id_for(current_user)
 $$;
@@ -911,7 +911,7 @@ GRANT EXECUTE ON FUNCTION crm_private.employee_id_for(name) TO crmdb_employee;
 -- Row-level security helpers (generated policies call these) --------------------
 
 CREATE FUNCTION crm_private.subordinate_ids(p_role name) RETURNS bigint[]
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ''
+LANGUAGE sql STABLE PARALLEL SAFE SECURITY DEFINER SET search_path = ''
 AS $$
     SELECT coalesce(array_agg(t.employee_id ORDER BY t.employee_id), '{}')
       FROM crm_private.manager_tree AS t
@@ -921,7 +921,7 @@ $$;
 COMMENT ON FUNCTION crm_private.subordinate_ids(name) IS 'Employees anywhere below p_role in the manager hierarchy (not p_role itself); empty unless the session may act as p_role';
 
 CREATE FUNCTION crm_private.org_unit_ids(p_role name, p_include_sub_units boolean) RETURNS bigint[]
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ''
+LANGUAGE sql STABLE PARALLEL SAFE SECURITY DEFINER SET search_path = ''
 AS $$
     SELECT coalesce(array_agg(t.descendant_id ORDER BY t.descendant_id), '{}')
       FROM crm.employees AS e
@@ -932,7 +932,7 @@ $$;
 COMMENT ON FUNCTION crm_private.org_unit_ids(name, boolean) IS 'p_role''s org unit, and with p_include_sub_units every unit below it';
 
 CREATE FUNCTION crm_private.project_ids(p_role name, p_template text) RETURNS bigint[]
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ''
+LANGUAGE sql STABLE PARALLEL SAFE SECURITY DEFINER SET search_path = ''
 AS $$
     SELECT coalesce(array_agg(DISTINCT m.project_id ORDER BY m.project_id), '{}')
       FROM crm.project_members AS m
@@ -942,7 +942,7 @@ $$;
 COMMENT ON FUNCTION crm_private.project_ids(name, text) IS 'Projects where p_role is a member under template p_template (the project guard of every template policy)';
 
 CREATE FUNCTION crm_private.has_template(p_role name, p_template text) RETURNS boolean
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ''
+LANGUAGE sql STABLE PARALLEL SAFE SECURITY DEFINER SET search_path = ''
 AS $$
     SELECT EXISTS (
         SELECT FROM crm.project_members AS m
@@ -952,7 +952,7 @@ $$;
 COMMENT ON FUNCTION crm_private.has_template(name, text) IS 'Whether p_role holds template p_template in any project (the guard for tables without a project)';
 
 CREATE FUNCTION crm_private.shared_customer_ids(p_role name, p_edit boolean) RETURNS bigint[]
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ''
+LANGUAGE sql STABLE PARALLEL SAFE SECURITY DEFINER SET search_path = ''
 AS $$
     -- Shares to the employee or to their org unit, not expired; with p_edit only
     -- shares that allow editing.
@@ -967,34 +967,39 @@ $$;
 COMMENT ON FUNCTION crm_private.shared_customer_ids(name, boolean) IS 'Customers shared to p_role or to p_role''s org unit and not expired (only edit shares with p_edit)';
 
 CREATE FUNCTION crm_private.project_id(p_code text) RETURNS bigint
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ''
+LANGUAGE sql STABLE PARALLEL SAFE SECURITY DEFINER SET search_path = ''
 AS $$
     SELECT p.id FROM crm.projects AS p WHERE p.code = p_code
 $$;
 COMMENT ON FUNCTION crm_private.project_id(text) IS 'The id of a project by code (sharing rules name projects by code)';
 
-CREATE FUNCTION crm_private.prior_row(p_table regclass, p_id bigint, p_type anyelement)
-RETURNS SETOF anyelement
-LANGUAGE plpgsql STABLE SET search_path = ''
-AS $$
-BEGIN
-    -- The whole row as it was before the current statement (p_type: NULL::crm.<table>;
-    -- a STABLE function sees the statement's snapshot). WITH CHECK on UPDATE uses it
-    -- to require that columns stay unchanged, or that the old row lay in a scope that
-    -- may move rows: PostgreSQL ORs the USING of one policy with the WITH CHECK of
-    -- another, so the new row alone proves nothing. SECURITY INVOKER: the caller's own
-    -- row policies apply, so it shows nothing the caller could not SELECT (an
-    -- invisible row gives no row, and the check fails closed).
-    IF p_table NOT IN ('crm.customers'::regclass, 'crm.contracts'::regclass,
-                          'crm.activities'::regclass, 'crm.shares'::regclass) THEN
-        RAISE EXCEPTION 'crm_private.prior_row: % is not a crmdb record table', p_table
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    RETURN QUERY EXECUTE pg_catalog.format('SELECT * FROM %s WHERE id = $1', p_table)
-        USING p_id;
-END
-$$;
-COMMENT ON FUNCTION crm_private.prior_row(regclass, bigint, anyelement) IS 'A record as it was before the current statement, read through the caller''s own row policies (for update checks)';
+-- The row as it was before the current statement, for WITH CHECK on UPDATE: it
+-- requires columns to stay unchanged, or the old row to lie in a scope that may move
+-- rows (PostgreSQL ORs the USING of one policy with the WITH CHECK of another, so the
+-- new row alone proves nothing). Plain SQL, SECURITY INVOKER and without SET, so the
+-- planner inlines each into a primary-key probe: the caller's own row policies apply
+-- (nothing is shown that the caller could not SELECT; an invisible row gives no row,
+-- and the check fails closed), and a STABLE body sees the statement's snapshot.
+
+CREATE FUNCTION crm_private.prior_customers(p_id bigint) RETURNS SETOF crm.customers
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$ SELECT * FROM crm.customers WHERE id = p_id $$;
+COMMENT ON FUNCTION crm_private.prior_customers(bigint) IS 'A customer as it was before the current statement, through the caller''s row policies (for update checks)';
+
+CREATE FUNCTION crm_private.prior_contracts(p_id bigint) RETURNS SETOF crm.contracts
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$ SELECT * FROM crm.contracts WHERE id = p_id $$;
+COMMENT ON FUNCTION crm_private.prior_contracts(bigint) IS 'A contract as it was before the current statement, through the caller''s row policies (for update checks)';
+
+CREATE FUNCTION crm_private.prior_activities(p_id bigint) RETURNS SETOF crm.activities
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$ SELECT * FROM crm.activities WHERE id = p_id $$;
+COMMENT ON FUNCTION crm_private.prior_activities(bigint) IS 'An activity as it was before the current statement, through the caller''s row policies (for update checks)';
+
+CREATE FUNCTION crm_private.prior_shares(p_id bigint) RETURNS SETOF crm.shares
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$ SELECT * FROM crm.shares WHERE id = p_id $$;
+COMMENT ON FUNCTION crm_private.prior_shares(bigint) IS 'A share as it was before the current statement, through the caller''s row policies (for update checks)';
 
 -- Template and sharing rule membership ----------------------------------------
 -- A role template is the group role crmdb_tpl_<template>, a sharing rule the group
@@ -1157,7 +1162,10 @@ GRANT EXECUTE ON FUNCTION
     crm_private.has_template(name, text),
     crm_private.shared_customer_ids(name, boolean),
     crm_private.project_id(text),
-    crm_private.prior_row(regclass, bigint, anyelement),
+    crm_private.prior_customers(bigint),
+    crm_private.prior_contracts(bigint),
+    crm_private.prior_activities(bigint),
+    crm_private.prior_shares(bigint),
     crm_private.access_paths(name, text, bigint),
     crm.explain_access(text, bigint)
 TO crmdb_employee;
