@@ -5,8 +5,13 @@
 
 DO $$
 BEGIN
+    -- NOINHERIT: the owner holds ADMIN OPTION on the template and rule roles (to grant
+    -- them) but must not inherit them, or every generated policy would also apply to
+    -- the owner's own queries (in the helpers), costing planning time on each.
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'crmdb_owner') THEN
-        CREATE ROLE crmdb_owner NOLOGIN;
+        CREATE ROLE crmdb_owner NOLOGIN NOINHERIT;
+    ELSE
+        ALTER ROLE crmdb_owner NOINHERIT;
     END IF;
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'crmdb_employee') THEN
         CREATE ROLE crmdb_employee NOLOGIN;

@@ -120,7 +120,8 @@ SET LOCAL lock_timeout = '10s'
 -- other templates): a policy or table grant here, or one of this database's employees
 SELECT r.rolname,
        pg_catalog.shobj_description(r.oid, 'pg_authid') AS comment,
-       pg_catalog.pg_has_role('crmdb_owner', r.oid, 'MEMBER WITH ADMIN OPTION') AS owner_admin,
+       pg_catalog.pg_has_role('crmdb_owner', r.oid, 'MEMBER WITH ADMIN OPTION')
+       AND NOT pg_catalog.pg_has_role('crmdb_owner', r.oid, 'USAGE') AS owner_admin,
        EXISTS (SELECT FROM pg_catalog.pg_policy AS p WHERE r.oid = ANY (p.polroles))
        OR EXISTS (SELECT FROM pg_catalog.pg_class AS c
                    CROSS JOIN LATERAL pg_catalog.aclexplode(c.relacl) AS a

@@ -124,3 +124,22 @@ def test_every_policy_is_on_a_registry_table(org):
     assert policies and all(name.startswith(f"{table}__") for table, name in policies)
     # Expect generated policies on every registry table: some template grants each
     assert {table for table, _ in policies} == set(TABLES)
+
+
+def test_owner_administers_but_does_not_inherit_template_and_rule_roles(org):
+    owner_only = (
+        "SELECT r.rolname::text, pg_has_role('crmdb_owner', r.oid, 'MEMBER WITH ADMIN OPTION'),"
+        " pg_has_role('crmdb_owner', r.oid, 'USAGE')"
+        " FROM pg_roles AS r"
+        " WHERE r.rolname LIKE 'crmdb\\_tpl\\_%' OR r.rolname LIKE 'crmdb\\_rule\\_%'"
+    )
+    with org.db.connect() as conn:
+        rows = conn.execute(owner_only).fetchall()
+        conn.execute("SET ROLE crmdb_owner")
+        # Expect the owner's own queries (in the helpers) to plan only its own policy
+        plan = conn.execute("EXPLAIN SELECT * FROM crm.shares").fetchall()
+        conn.execute("RESET ROLE")
+    assert rows and {role for role, _, _ in rows} >= {"crmdb_tpl_sales_rep"}
+    # Expect ADMIN OPTION (to grant them) on every role, and none inherited
+    assert [r for r in rows if not r[1] or r[2]] == []
+    assert not any("SubPlan" in line or "InitPlan" in line for (line,) in plan), plan
