@@ -504,21 +504,24 @@ BEGIN
     ELSE
         INSERT INTO crm.change_log (table_name, record_id, action, changed_fields,
                                     old_values, new_values, actor_role, actor_employee_id)
-        SELECT TG_TABLE_NAME, d.id, 'UPDATE', d.fields, d.old_values, d.new_values,
+        -- Each row made jsonb once (MATERIALIZED: not recomputed at every reference),
+        -- then compared key by key; rows where only updated_at changed are not logged.
+        WITH r AS MATERIALIZED (
+            SELECT n.id, to_jsonb(n) AS nj, to_jsonb(o) AS oj
+              FROM new_rows AS n
+              JOIN old_rows AS o ON o.id = n.id
+        )
+        SELECT TG_TABLE_NAME, r.id, 'UPDATE', d.fields, d.old_values, d.new_values,
                v_actor, v_employee
-          FROM (
-              SELECT n.id,
-                     array_agg(nv.key ORDER BY nv.key) AS fields,
-                     jsonb_object_agg(nv.key, ov.value) AS old_values,
-                     jsonb_object_agg(nv.key, nv.value) AS new_values
-                FROM new_rows AS n
-                JOIN old_rows AS o ON o.id = n.id
-               CROSS JOIN LATERAL jsonb_each(to_jsonb(n)) AS nv
-                JOIN LATERAL jsonb_each(to_jsonb(o)) AS ov ON ov.key = nv.key
-               WHERE nv.value IS DISTINCT FROM ov.value
-                 AND nv.key <> 'updated_at'
-               GROUP BY n.id
-          ) AS d;
+          FROM r
+         CROSS JOIN LATERAL (
+              SELECT array_agg(k ORDER BY k) AS fields,
+                     jsonb_object_agg(k, r.oj -> k) AS old_values,
+                     jsonb_object_agg(k, r.nj -> k) AS new_values
+                FROM jsonb_object_keys(r.nj) AS k
+               WHERE k <> 'updated_at' AND (r.nj -> k) IS DISTINCT FROM (r.oj -> k)
+          ) AS d
+         WHERE d.fields IS NOT NULL;
     END IF;
     RETURN NULL;
 END
