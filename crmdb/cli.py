@@ -474,7 +474,7 @@ def demo_cmd(dsn: str | None) -> None:
     click.echo(render_report(report, psql_command(target, report.sample_rep_role)))
     click.echo(
         f"\nPolicies: {len(desired.roles) - len(desired.audiences)} role templates and "
-        f"{len(desired.audiences)} sharing rules applied from policies/ "
+        f"{len(desired.audiences)} sharing rule(s) applied from policies/ "
         f"({len(applied.statements)} statements this run)"
     )
     with connect(target, autocommit=True) as conn:
