@@ -40,7 +40,10 @@ class Table:
         if self.project:
             allowed.append("project")
         if self.customer:
-            allowed += ["shared", "customer"]
+            allowed.append("shared")
+        if self.customer and self.name != "customers":
+            # "rows of customers I can see": on customers itself it would be circular
+            allowed.append("customer")
         return tuple(s for s in SCOPES if s in allowed)
 
 
