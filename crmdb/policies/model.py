@@ -4,6 +4,7 @@ Every file in the policies folder is YAML with one top-level kind:
   template: NAME        a role template (one per file)
   sharing_rules: [...]  criteria-based sharing rules
   fixture: {...}        the small org that templates' `tests:` run against
+  field_groups: {...}   which columns travel together, and masks (crmdb/policies/fields.py)
 Errors are collected, not raised one by one, and each names file and line.
 """
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from crmdb.policies.criteria import check_criteria
+from crmdb.policies.fields import CORE, FieldGroup, read_field_groups
 from crmdb.policies.tables import ACTIONS, SCOPES, TABLES
 from crmdb.policies.yamlload import Mapping, Sequence, YamlError, load
 
@@ -48,6 +50,10 @@ class Scope:
     line: int = 0
     path: Path | None = None  # the template file that declared it (for errors)
     where_line: int = 0
+    # Field groups (besides core) this scope shows and lets write; see fields.py.
+    read_groups: frozenset[str] = frozenset()
+    write_groups: frozenset[str] = frozenset()
+    fields_line: int = 0
 
     @property
     def label(self) -> str:
@@ -103,6 +109,7 @@ class PolicySet:
     fixture: Mapping | None
     fixture_path: Path | None
     directory: Path
+    field_groups: dict[str, dict[str, FieldGroup]] = field(default_factory=dict)
 
     def effective(self, name: str) -> dict[str, tuple[Scope, ...]]:
         """A template's tables with everything it extends merged in (parents first)."""
@@ -175,7 +182,9 @@ def _scopes(r: _Reader, table: str, node: Any, line: int) -> tuple[Scope, ...]:
             )
             continue
         r.keys(
-            item, {"scope", "actions", "where", "include_sub_units", "name"}, f"a scope of {table}"
+            item,
+            {"scope", "actions", "where", "include_sub_units", "name", "fields"},
+            f"a scope of {table}",
         )
         kind = item.get("scope")
         if kind not in SCOPES:
@@ -214,6 +223,7 @@ def _scopes(r: _Reader, table: str, node: Any, line: int) -> tuple[Scope, ...]:
         name = item.get("name", "")
         if name:
             name = r.name(name, item.line_of("name"), "scope name") or ""
+        read, write = _fields(r, table, kind, set(actions), item)
         scopes.append(
             Scope(
                 kind,
@@ -224,6 +234,9 @@ def _scopes(r: _Reader, table: str, node: Any, line: int) -> tuple[Scope, ...]:
                 item_line,
                 r.path,
                 item.line_of("where") if where is not None else item_line,
+                read,
+                write,
+                item.line_of("fields"),
             )
         )
     labels = [s.label for s in scopes]
@@ -236,6 +249,60 @@ def _scopes(r: _Reader, table: str, node: Any, line: int) -> tuple[Scope, ...]:
             )
             break
     return tuple(scopes)
+
+
+def _fields(
+    r: _Reader, table: str, kind: str, actions: set[str], item: Mapping
+) -> tuple[frozenset[str], frozenset[str]]:
+    """A scope's `fields: {read: [...], write: [...]}` (groups are checked against
+    policies/fields.yaml once every file is read)."""
+    node = item.get("fields")
+    if node is None:
+        return frozenset(), frozenset()
+    line = item.line_of("fields")
+    if not isinstance(node, Mapping):
+        r.error(line, f"scope {kind} of {table}: 'fields' must be {{read: [...], write: [...]}}")
+        return frozenset(), frozenset()
+    r.keys(node, {"read", "write"}, f"'fields' of scope {kind} of {table}")
+    read = set(r.str_list(node.get("read", []), node.line_of("read"), "fields read"))
+    write = set(r.str_list(node.get("write", []), node.line_of("write"), "fields write"))
+    read.discard(CORE)  # core is implied wherever the row is visible
+    write.discard(CORE)
+    if (read or write) and "select" not in actions:
+        r.error(line, f"scope {kind} of {table}: 'fields' needs the select action")
+    if write and not actions & {"insert", "update"}:
+        r.error(
+            node.line_of("write"),
+            f"scope {kind} of {table}: writable fields need insert or update",
+        )
+    if write - read:
+        r.error(
+            node.line_of("write"),
+            f"scope {kind} of {table}: fields written but not read: "
+            f"{', '.join(sorted(write - read))} (add them to 'read')",
+        )
+    return frozenset(read), frozenset(write)
+
+
+def _check_groups(
+    templates: dict[str, Template],
+    registry: dict[str, dict[str, FieldGroup]],
+    problems: list[Problem],
+) -> None:
+    """Every group a template names is declared for that table in field_groups."""
+    for template in templates.values():
+        for table, scopes in template.tables.items():
+            declared = registry.get(table, {})
+            for scope in scopes:
+                for group in sorted((scope.read_groups | scope.write_groups) - set(declared)):
+                    known = ", ".join(sorted(declared)) or "none declared"
+                    problems.append(
+                        Problem(
+                            scope.path or template.path,
+                            scope.fields_line or scope.line,
+                            f"table {table} has no field group {group!r} ({known})",
+                        )
+                    )
 
 
 def _checks(r: _Reader, node: Any, line: int, what: str) -> tuple[Check, ...]:
@@ -284,8 +351,10 @@ def _template(r: _Reader, doc: Mapping) -> Template | None:
                 continue
             tables[table] = _scopes(r, table, body, node.line_of(table))
     tests: list[TemplateTest] = []
-    test_node = doc.get("tests", [])
-    if not isinstance(test_node, Sequence):
+    test_node = doc.get("tests")
+    if test_node is None:  # tests are optional
+        pass
+    elif not isinstance(test_node, Sequence):
         r.error(doc.line_of("tests"), "'tests' must be a list")
     else:
         for item, line in zip(test_node, test_node.item_lines, strict=True):
@@ -412,6 +481,8 @@ def load_policies(directory: Path) -> PolicySet:
     rules: list[SharingRule] = []
     fixture: Mapping | None = None
     fixture_path: Path | None = None
+    registry: dict[str, dict[str, FieldGroup]] = {}
+    registry_path: Path | None = None
     for path in sorted(directory.glob("*.yaml")):
         reader = _Reader(path)
         try:
@@ -421,7 +492,7 @@ def load_policies(directory: Path) -> PolicySet:
             continue
         kinds = [
             k
-            for k in ("template", "sharing_rules", "fixture")
+            for k in ("template", "sharing_rules", "fixture", "field_groups")
             if isinstance(doc, Mapping) and k in doc
         ]
         if len(kinds) != 1:
@@ -430,7 +501,7 @@ def load_policies(directory: Path) -> PolicySet:
                     path,
                     1,
                     "a policy file holds exactly one of 'template', "
-                    "'sharing_rules' or 'fixture' at the top",
+                    "'sharing_rules', 'fixture' or 'field_groups' at the top",
                 )
             )
             continue
@@ -442,11 +513,18 @@ def load_policies(directory: Path) -> PolicySet:
                 templates[template.name] = template
         elif kinds == ["sharing_rules"]:
             rules += _sharing_rules(reader, doc)
+        elif kinds == ["field_groups"]:
+            reader.keys(doc, {"field_groups"}, "a field groups file")
+            if registry_path is not None:
+                reader.error(1, f"field groups are already declared in {registry_path.name}")
+            else:
+                registry, registry_path = read_field_groups(reader, doc), path
         else:
             reader.keys(doc, {"fixture"}, "a fixture file")
             fixture, fixture_path = doc["fixture"], path
         problems += reader.problems
     _check_extends(templates, problems)
+    _check_groups(templates, registry, problems)
     if problems:
         raise PolicyError(problems)
-    return PolicySet(templates, rules, fixture, fixture_path, directory)
+    return PolicySet(templates, rules, fixture, fixture_path, directory, registry)
