@@ -7,7 +7,7 @@ statistics, EXPLAIN and sequences. Where a probe could tell "exists but hidden" 
 """
 
 import pytest
-from attack_org import NEVER_USED_ID, column, outcome, refused, rows, warnings_of
+from attack_org import NEVER_USED_ID, VISIBLE, column, outcome, refused, rows, warnings_of
 
 pytestmark = pytest.mark.attack("side channels")
 
@@ -22,9 +22,12 @@ NEW_CUSTOMER_WITH_ID = (
 )
 
 
-def leaked_notices(attacker, notices: list[str]) -> set[str]:
-    ids = [int(n.split()[1]) for n in notices if n.startswith("leak ")]
-    return attacker.leaked(ids)
+def seen_by_leak(attacker, *statements: str) -> set[str]:
+    """Customers whose ids pg_temp.leak reported while `statements` ran."""
+    notices = warnings_of(attacker.conn)
+    for statement in (LEAK_FUNCTION, *statements):
+        rows(attacker.conn, statement)
+    return attacker.org.customer_keys(int(n.split()[1]) for n in notices if n.startswith("leak "))
 
 
 # Errors evaluated on hidden rows ------------------------------------------------------
@@ -57,24 +60,17 @@ def test_error_in_join_condition_on_hidden_row(attacker):
 
 
 def test_non_leakproof_function_sees_visible_rows_only(attacker):
-    conn = attacker.conn
-    notices = warnings_of(conn)
-    rows(conn, LEAK_FUNCTION)
-    rows(conn, "SELECT count(*) FROM crm.customers WHERE pg_temp.leak(id, full_name)")
+    query = "SELECT count(*) FROM crm.customers WHERE pg_temp.leak(id, full_name)"
     # Expect notices for visible rows only, however cheap the function claims to be
-    assert leaked_notices(attacker, notices) == set()
+    assert seen_by_leak(attacker, query) == VISIBLE[attacker.key]
 
 
 def test_non_leakproof_operator_sees_visible_rows_only(attacker):
-    conn = attacker.conn
-    notices = warnings_of(conn)
-    rows(conn, LEAK_FUNCTION)
-    rows(
-        conn,
-        "CREATE OPERATOR pg_temp.<<< (LEFTARG = bigint, RIGHTARG = text, FUNCTION = pg_temp.leak)",
+    operator = (
+        "CREATE OPERATOR pg_temp.<<< (LEFTARG = bigint, RIGHTARG = text, FUNCTION = pg_temp.leak)"
     )
-    rows(conn, "SELECT count(*) FROM crm.customers WHERE id OPERATOR(pg_temp.<<<) full_name")
-    assert leaked_notices(attacker, notices) == set()
+    query = "SELECT count(*) FROM crm.customers WHERE id OPERATOR(pg_temp.<<<) full_name"
+    assert seen_by_leak(attacker, operator, query) == VISIBLE[attacker.key]
 
 
 def test_leakproof_function_refused(attacker):
@@ -84,11 +80,8 @@ def test_leakproof_function_refused(attacker):
 
 
 def test_leaky_function_in_order_by_and_select_list(attacker):
-    conn = attacker.conn
-    notices = warnings_of(conn)
-    rows(conn, LEAK_FUNCTION)
-    rows(conn, "SELECT pg_temp.leak(id, full_name) FROM crm.customers ORDER BY 1")
-    assert leaked_notices(attacker, notices) == set()
+    query = "SELECT pg_temp.leak(id, full_name) FROM crm.customers ORDER BY 1"
+    assert seen_by_leak(attacker, query) == VISIBLE[attacker.key]
 
 
 # Constraint violations ----------------------------------------------------------------
