@@ -453,6 +453,37 @@ def explain_access(dsn: str | None, employee: str, record_id: int, table: str) -
     )
 
 
+@main.command("lint")
+@dsn_option
+@click.option(
+    "--policies",
+    "directory",
+    metavar="DIR",
+    help="Role templates to compare policies with (default: the shipped policies/).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
+def lint_cmd(dsn: str | None, directory: str | None, as_json: bool) -> None:
+    """Check a live database for security mistakes. Exit 0: none; 3: findings."""
+    import json
+
+    from crmdb.lint import lint
+    from crmdb.policies.compile import compile_policies
+
+    desired = compile_policies(_load(directory))
+    target = target_for(dsn)
+    with connect(target) as conn:
+        findings = lint(conn, desired)
+    if as_json:
+        report = {"database": target.describe(), "findings": [f.as_dict() for f in findings]}
+        click.echo(json.dumps(report, indent=2, ensure_ascii=False))
+    else:
+        for finding in findings:
+            click.echo(str(finding))
+        click.echo(f"{len(findings)} finding(s) on {target.describe()}", err=True)
+    if findings:
+        sys.exit(3)
+
+
 # Data ------------------------------------------------------------------------
 
 

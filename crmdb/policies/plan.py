@@ -80,6 +80,46 @@ def _normalise(
     return normalised
 
 
+@dataclass(frozen=True)
+class PolicyChange:
+    """A policy on a crm table that differs from what the templates generate."""
+
+    table: str
+    name: str
+    kind: str  # "extra" (no template generates it), "differs", "missing" or "comment"
+    statements: tuple[str, ...]  # what brings it in line, in order
+
+
+def policy_changes(conn: psycopg.Connection, desired: Desired) -> list[PolicyChange]:
+    """Every template policy that is missing, differs or has another comment, and every
+    policy no template generates (crmdb lint reports them as drift)."""
+    existing = {(r[0], r[1]): r for r in conn.execute(query("managed_policies"))}
+    normalised = _normalise(conn, desired)
+    changes = [
+        PolicyChange(table, name, "extra", (ddl("drop_policy", name, table),))
+        for table, name in sorted(set(existing) - set(desired.policies))
+    ]
+    for key, policy in sorted(desired.policies.items()):
+        create = (ddl("create_policy", policy), ddl("comment_policy", policy))
+        current = existing.get(key)
+        if current is None:
+            changes.append(PolicyChange(*key, "missing", create))
+            continue
+        _, _, command, permissive, pol_roles, using_expr, check_expr, comment = current
+        same = (
+            command == policy.command
+            and permissive
+            and pol_roles == [policy.role]
+            and (using_expr, check_expr) == normalised[key]
+        )
+        if not same:
+            drop = ddl("drop_policy", policy.name, policy.table)
+            changes.append(PolicyChange(*key, "differs", (drop, *create)))
+        elif comment != policy.comment:
+            changes.append(PolicyChange(*key, "comment", create[1:]))
+    return changes
+
+
 def check_rules(conn: psycopg.Connection, desired: Desired) -> None:
     """Sharing rules must name what exists and reach somebody; PolicyError otherwise."""
     problems: list[Problem] = []
@@ -166,26 +206,8 @@ def make_plan(conn: psycopg.Connection, desired: Desired) -> Plan:
         if want - have:
             out.append(ddl("grant_table", sorted(want - have), *key))
 
-    existing = {(r[0], r[1]): r for r in conn.execute(query("managed_policies"))}
-    normalised = _normalise(conn, desired)
-    for key in sorted(set(existing) - set(desired.policies)):
-        out.append(ddl("drop_policy", key[1], key[0]))
-    for key, policy in sorted(desired.policies.items()):
-        current = existing.get(key)
-        if current is not None:
-            _, _, command, permissive, pol_roles, using_expr, check_expr, comment = current
-            same = (
-                command == policy.command
-                and permissive
-                and pol_roles == [policy.role]
-                and (using_expr, check_expr) == normalised[key]
-            )
-            if same:
-                if comment != policy.comment:
-                    out.append(ddl("comment_policy", policy))
-                continue
-            out.append(ddl("drop_policy", policy.name, policy.table))
-        out += [ddl("create_policy", policy), ddl("comment_policy", policy)]
+    for change in policy_changes(conn, desired):
+        out += change.statements
 
     body = desired.access_paths.split("$function$")[1]
     current_body = conn.execute(query("access_paths_source")).fetchone()

@@ -193,8 +193,10 @@ TABLES: dict[str, Table] = {
                 "actor_employee_id",
                 "txid",
                 "at",
+                "project_id",
             ),
             owner="actor_employee_id",
+            project="project_id",
         ),
     )
 }

@@ -48,7 +48,7 @@ POINTS_AT = {
     "customer": "customers",
 }
 # Deliberately not foreign keys: the audit trail keeps rows of any actor.
-NOT_FOREIGN_KEYS = {("change_log", "actor_employee_id")}
+NOT_FOREIGN_KEYS = {("change_log", "actor_employee_id"), ("change_log", "project_id")}
 
 
 @pytest.fixture(scope="module")

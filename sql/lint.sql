@@ -1,0 +1,197 @@
+-- Checks behind `crmdb lint` (crmdb/lint.py): what a deployed database must not hold.
+-- Format: a `-- name --` line, a one-line description, then the SQL.
+--
+-- Every check but lint_settings runs with %(schemas)s (crmdb's schemas, a text array),
+-- so a literal percent sign is written %%, and returns one row per finding:
+-- object (what), problem (why it matters), fix (the SQL that mends it).
+-- Run with search_path = '' (lint_settings): names in fixes come out qualified.
+-- Field-level security (issue 5): crm_api views, column privileges and masking get
+-- their checks here.
+
+-- lint_settings --
+-- Qualify every name in regprocedure and format output (local to the lint's transaction)
+SELECT pg_catalog.set_config('search_path', '', true)
+
+-- rls_disabled --
+-- Tables in crmdb's schemas without row-level security: every role with a grant reads every row
+SELECT format('%%I.%%I', n.nspname, c.relname) AS object,
+       'row-level security is not enabled: anyone granted the table reads every row' AS problem,
+       format('ALTER TABLE %%I.%%I ENABLE ROW LEVEL SECURITY;', n.nspname, c.relname)
+       || CASE WHEN NOT c.relforcerowsecurity
+               THEN format(' ALTER TABLE %%I.%%I FORCE ROW LEVEL SECURITY;', n.nspname, c.relname)
+               ELSE '' END
+       || CASE WHEN NOT EXISTS (SELECT FROM pg_policy AS p
+                                 WHERE p.polrelid = c.oid AND p.polname = 'crmdb_owner_all')
+               THEN format(' CREATE POLICY crmdb_owner_all ON %%I.%%I TO crmdb_owner USING (true) WITH CHECK (true);',
+                           n.nspname, c.relname)
+               ELSE '' END AS fix
+  FROM pg_class AS c
+  JOIN pg_namespace AS n ON n.oid = c.relnamespace
+ WHERE n.nspname = ANY (%(schemas)s) AND c.relkind IN ('r', 'p') AND NOT c.relrowsecurity
+ ORDER BY 1
+
+-- rls_not_forced --
+-- Tables with row-level security that is not forced: their owner (and its definer code) skips it
+SELECT format('%%I.%%I', n.nspname, c.relname) AS object,
+       'row-level security is not forced: the owner, and code running as the owner, skips every policy' AS problem,
+       format('ALTER TABLE %%I.%%I FORCE ROW LEVEL SECURITY;', n.nspname, c.relname) AS fix
+  FROM pg_class AS c
+  JOIN pg_namespace AS n ON n.oid = c.relnamespace
+ WHERE n.nspname = ANY (%(schemas)s) AND c.relkind IN ('r', 'p')
+   AND c.relrowsecurity AND NOT c.relforcerowsecurity
+ ORDER BY 1
+
+-- view_not_security_invoker --
+-- Views that read their tables with their owner's rights, so the owner's policies apply, not the reader's
+SELECT format('%%I.%%I', n.nspname, c.relname) AS object,
+       'the view is not security_invoker: it reads its tables as its owner, not under the reader''s policies' AS problem,
+       format('ALTER VIEW %%I.%%I SET (security_invoker = true);', n.nspname, c.relname) AS fix
+  FROM pg_class AS c
+  JOIN pg_namespace AS n ON n.oid = c.relnamespace
+ WHERE n.nspname = ANY (%(schemas)s) AND c.relkind = 'v'
+   AND NOT EXISTS (SELECT FROM unnest(c.reloptions) AS o
+                    WHERE o IN ('security_invoker=true', 'security_invoker=on', 'security_invoker=1'))
+ ORDER BY 1
+
+-- function_search_path --
+-- SECURITY DEFINER functions (and functions that pin a path) whose search_path lets a session's objects in
+WITH f AS (
+    SELECT p.oid, p.prosecdef,
+           (SELECT substr(s, length('search_path=') + 1) FROM unnest(p.proconfig) AS s
+             WHERE s LIKE 'search\_path=%%') AS path
+      FROM pg_proc AS p
+      JOIN pg_namespace AS n ON n.oid = p.pronamespace
+     WHERE n.nspname = ANY (%(schemas)s)
+        OR (p.prosecdef AND p.proowner = (SELECT oid FROM pg_roles WHERE rolname = 'crmdb_owner'))
+)
+SELECT f.oid::regprocedure::text AS object,
+       CASE WHEN f.path IS NULL
+            THEN 'SECURITY DEFINER without a pinned search_path: it runs with the caller''s path and the owner''s rights'
+            ELSE format('search_path %%s searches pg_temp before pg_catalog: any session can shadow types (and relations) the function names', f.path)
+       END AS problem,
+       format('ALTER FUNCTION %%s SET search_path = pg_catalog, pg_temp;', f.oid::regprocedure) AS fix
+  FROM f
+ WHERE (f.prosecdef AND f.path IS NULL)
+    OR (f.path IS NOT NULL
+        AND (string_to_array(replace(f.path, ' ', ''), ','))[cardinality(string_to_array(replace(f.path, ' ', ''), ','))] <> 'pg_temp')
+ ORDER BY 1
+
+-- privileged_role --
+-- Employee and gateway roles that are, or may act as, a role that steps around row-level security
+WITH reaching AS (
+    SELECT e.role_name, 'employee' AS kind FROM crm.employees AS e
+    UNION
+    SELECT g.role_name, 'gateway' FROM crm_private.gateways AS g
+)
+SELECT x.role_name::text AS object,
+       format('%%s role %%s %%s: %%s', x.kind, x.role_name,
+              CASE WHEN p.oid = r.oid THEN 'has' ELSE 'may act as ' || quote_ident(p.rolname) || ', which has' END,
+              concat_ws(', ', CASE WHEN p.rolsuper THEN 'SUPERUSER' END,
+                              CASE WHEN p.rolbypassrls THEN 'BYPASSRLS' END,
+                              CASE WHEN p.rolcreaterole THEN 'CREATEROLE' END,
+                              CASE WHEN p.rolname = 'crmdb_owner' THEN 'every crmdb object' END)) AS problem,
+       CASE WHEN p.oid = r.oid
+            THEN format('ALTER ROLE %%I NOSUPERUSER NOBYPASSRLS NOCREATEROLE;', r.rolname)
+            ELSE format('REVOKE %%I FROM %%I;', p.rolname, r.rolname)
+       END AS fix
+  FROM reaching AS x
+  JOIN pg_roles AS r ON r.rolname = x.role_name
+  -- A superuser is a member of every role: report the attribute, not each role.
+  JOIN pg_roles AS p ON p.oid = r.oid OR (NOT r.rolsuper AND pg_has_role(r.oid, p.oid, 'MEMBER'))
+ WHERE p.rolsuper OR p.rolbypassrls OR p.rolcreaterole OR p.rolname = 'crmdb_owner'
+ ORDER BY 1, 2
+
+-- role_owns_objects --
+-- Employee and gateway roles that own objects in this database (an owner may change them, and skips unforced policies)
+WITH reaching AS (
+    SELECT e.role_name FROM crm.employees AS e
+    UNION
+    SELECT g.role_name FROM crm_private.gateways AS g
+)
+SELECT x.role_name::text AS object,
+       format('owns %%s', string_agg(pg_describe_object(d.classid, d.objid, d.objsubid), ', '
+                                    ORDER BY pg_describe_object(d.classid, d.objid, d.objsubid))) AS problem,
+       format('REASSIGN OWNED BY %%I TO crmdb_owner;', x.role_name) AS fix
+  FROM reaching AS x
+  JOIN pg_roles AS r ON r.rolname = x.role_name
+  JOIN pg_shdepend AS d ON d.refclassid = 'pg_authid'::regclass AND d.refobjid = r.oid
+       AND d.deptype = 'o' AND d.dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+ GROUP BY x.role_name
+ ORDER BY 1
+
+-- public_grants --
+-- Privileges PUBLIC holds on crmdb's schemas, relations and functions (a function's default ACL lets PUBLIC execute it)
+SELECT format('schema %%I', n.nspname) AS object,
+       format('PUBLIC holds %%s', string_agg(a.privilege_type, ', ' ORDER BY a.privilege_type)) AS problem,
+       format('REVOKE ALL ON SCHEMA %%I FROM PUBLIC;', n.nspname) AS fix
+  FROM pg_namespace AS n
+ CROSS JOIN LATERAL aclexplode(n.nspacl) AS a
+ WHERE n.nspname = ANY (%(schemas)s) AND a.grantee = 0
+ GROUP BY n.nspname
+UNION ALL
+SELECT format('%%s %%I.%%I', CASE c.relkind WHEN 'S' THEN 'sequence' WHEN 'v' THEN 'view' ELSE 'table' END,
+              n.nspname, c.relname),
+       format('PUBLIC holds %%s', string_agg(a.privilege_type, ', ' ORDER BY a.privilege_type)),
+       format('REVOKE ALL ON %%s %%I.%%I FROM PUBLIC;', CASE c.relkind WHEN 'S' THEN 'SEQUENCE' ELSE 'TABLE' END,
+              n.nspname, c.relname)
+  FROM pg_class AS c
+  JOIN pg_namespace AS n ON n.oid = c.relnamespace
+ CROSS JOIN LATERAL aclexplode(c.relacl) AS a
+ WHERE n.nspname = ANY (%(schemas)s) AND a.grantee = 0
+ GROUP BY n.nspname, c.relname, c.relkind
+UNION ALL
+SELECT format('function %%s', p.oid::regprocedure),
+       'PUBLIC may execute it',
+       format('REVOKE EXECUTE ON FUNCTION %%s FROM PUBLIC;', p.oid::regprocedure)
+  FROM pg_proc AS p
+  JOIN pg_namespace AS n ON n.oid = p.pronamespace
+ CROSS JOIN LATERAL aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) AS a
+ WHERE n.nspname = ANY (%(schemas)s) AND a.grantee = 0
+ ORDER BY 1
+
+-- owner_policy_drift --
+-- Owner policies that no longer say exactly "crmdb_owner, every row"; other policies outside crm (which templates never make)
+SELECT format('%%I on %%I.%%I', p.polname, n.nspname, c.relname) AS object,
+       CASE WHEN p.polname = 'crmdb_owner_all'
+            THEN 'the owner policy was changed: it must apply to crmdb_owner only, to every row and command'
+            ELSE 'no template generates policies outside the crm schema'
+       END AS problem,
+       format('DROP POLICY %%I ON %%I.%%I;', p.polname, n.nspname, c.relname)
+       || CASE WHEN p.polname = 'crmdb_owner_all'
+               THEN format(' CREATE POLICY crmdb_owner_all ON %%I.%%I TO crmdb_owner USING (true) WITH CHECK (true);',
+                           n.nspname, c.relname)
+               ELSE '' END AS fix
+  FROM pg_policy AS p
+  JOIN pg_class AS c ON c.oid = p.polrelid
+  JOIN pg_namespace AS n ON n.oid = c.relnamespace
+ WHERE n.nspname = ANY (%(schemas)s)
+   AND CASE WHEN p.polname = 'crmdb_owner_all'
+            THEN NOT (p.polcmd = '*' AND p.polpermissive
+                      AND p.polroles = ARRAY[(SELECT oid FROM pg_roles WHERE rolname = 'crmdb_owner')]::oid[]
+                      AND pg_get_expr(p.polqual, p.polrelid) = 'true'
+                      AND pg_get_expr(p.polwithcheck, p.polrelid) = 'true')
+            ELSE n.nspname <> 'crm'
+       END
+ ORDER BY 1
+
+-- template_grants_nothing --
+-- Templates employees hold (crm.project_members) whose role grants no table, or that has no role at all
+SELECT t.template AS object,
+       CASE WHEN r.oid IS NULL
+            THEN format('%%s membership(s) name template %%s, but no role %%I exists: no policy file defines it',
+                        t.members, t.template, t.role_name)
+            ELSE format('%%s membership(s) name template %%s, whose role %%I is granted no crm table: it grants nothing',
+                        t.members, t.template, t.role_name)
+       END AS problem,
+       format('DELETE FROM crm.project_members WHERE template = %%L;'
+              '  -- or give policies/%%s.yaml tables and run: crmdb policy apply', t.template, t.template) AS fix
+  FROM (SELECT m.template, 'crmdb_tpl_' || m.template AS role_name, count(*) AS members
+          FROM crm.project_members AS m
+         GROUP BY m.template) AS t
+  LEFT JOIN pg_roles AS r ON r.rolname = t.role_name
+ WHERE r.oid IS NULL
+    OR NOT EXISTS (SELECT FROM pg_class AS c
+                     JOIN pg_namespace AS n ON n.oid = c.relnamespace
+                    CROSS JOIN LATERAL aclexplode(c.relacl) AS a
+                    WHERE n.nspname = 'crm' AND a.grantee = r.oid)
+ ORDER BY 1

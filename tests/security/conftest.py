@@ -1,0 +1,103 @@
+"""The attack suite: fixtures, and a summary of the attempts at the end of the session.
+
+Each test is one attempt, marked with its category (`pytest.mark.attack(category)`,
+set per module) and run as every attacker where meaningful (the `attacker` fixture).
+A passing attempt was blocked; a failing one is a hole in crmdb. Attempts marked
+`residual` assert a known, documented limit (README, "Security"): they pass while the
+limit is exactly as documented.
+"""
+
+import sys
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+
+from attack_org import ATTACKERS, Attacker, AttackOrg, attacker_session, build_attack_org
+
+from crmdb.testing.scratch import ScratchFactory
+
+CATEGORY = "attack_category"
+_results: dict[str, Counter[str]] = defaultdict(Counter)
+_failed: list[str] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "attack(category): an attempt of the attack suite")
+    config.addinivalue_line(
+        "markers", "residual(reason): a documented limit; the test asserts it is as documented"
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        marker = item.get_closest_marker("attack")
+        if marker is None:
+            continue
+        kind = "residual" if item.get_closest_marker("residual") else "attempt"
+        item.user_properties.append((CATEGORY, (marker.args[0], kind)))
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    found = [v for k, v in report.user_properties if k == CATEGORY]
+    if not found or not (report.when == "call" or report.outcome != "passed"):
+        return
+    ((category, kind),) = found
+    if report.when != "call" and report.outcome == "skipped":
+        _results[category]["skipped"] += 1
+    elif report.outcome == "passed":
+        _results[category]["residual" if kind == "residual" else "blocked"] += 1
+    elif report.outcome == "failed":
+        # A residual that fails no longer holds as documented: update the README.
+        _results[category]["SUCCEEDED" if kind == "attempt" else "residual changed"] += 1
+        _failed.append(report.nodeid)
+    else:
+        _results[category]["skipped"] += 1
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not _results:
+        return
+    tr = terminalreporter
+    tr.write_sep("=", "crmdb attack suite")
+    total: Counter[str] = Counter()
+    for category in sorted(_results):
+        counts = _results[category]
+        total.update(counts)
+        attempts = counts["blocked"] + counts["SUCCEEDED"]
+        parts = [f"{attempts} attempts, {counts['blocked']} blocked"]
+        parts += [
+            f"{counts[k]} {k}"
+            for k in ("SUCCEEDED", "residual", "residual changed", "skipped")
+            if counts[k]
+        ]
+        tr.write_line(f"{category:<24} {', '.join(parts)}")
+    attempts = total["blocked"] + total["SUCCEEDED"]
+    if total["SUCCEEDED"]:
+        tr.write_line(f"{total['SUCCEEDED']} of {attempts} attempts SUCCEEDED (holes in crmdb)")
+    else:
+        tr.write_line(f"all {attempts} attempts blocked")
+    for nodeid in _failed:
+        tr.write_line(f"  failed: {nodeid}")
+    if total["residual"]:
+        tr.write_line(f"{total['residual']} residual risks hold as documented (README, Security)")
+
+
+@pytest.fixture(scope="session")
+def attack_org(scratch: ScratchFactory) -> Iterator[AttackOrg]:
+    """One org for the whole suite; attempts roll back what they change."""
+    database = scratch.migrated()
+    try:
+        yield build_attack_org(database)
+    finally:
+        database.drop()
+
+
+@pytest.fixture(params=ATTACKERS)
+def attacker(request: pytest.FixtureRequest, attack_org: AttackOrg) -> Iterator[Attacker]:
+    """The attempt runs once as each attacker, in their own session, rolled back."""
+    with attacker_session(attack_org, request.param) as attacker:
+        yield attacker

@@ -1,0 +1,162 @@
+"""Writes: changing what one may see into what one could not create, or beyond it.
+
+Each attacker tries on a customer they may update (WRITABLE; marketing first creates
+its own): give it away, move it to a project they are not in, take a shared one,
+delete without the delete action, and bulk writes that would reach hidden rows.
+A write is blocked when it is refused or changes no row.
+"""
+
+import pytest
+from attack_org import Attacker, attacker_session, column, refused, touched
+
+pytestmark = pytest.mark.attack("writes")
+
+# A customer each attacker may update (None: marketing creates one; gone: none at all).
+WRITABLE = {"rep_a": "c1", "mgr_hn": "c2", "mkt": None, "away": "x_away", "gone": "x_gone"}
+NEW_OWN = (
+    "INSERT INTO crm.customers (project_id, owner_id, full_name)"
+    " VALUES (crm_private.project_id('saoviet.crm'), %s, 'probe') RETURNING id"
+)
+SET = "UPDATE crm.customers SET {} = %s WHERE id = %s"
+
+
+def writable(attacker: Attacker) -> int:
+    key = WRITABLE[attacker.key]
+    if key is not None:
+        return attacker.org.id(key)
+    created = column(attacker.conn, NEW_OWN, (attacker.me,))
+    assert len(created) == 1
+    return int(created[0])
+
+
+def blocked(attacker: Attacker, query: str, params: tuple[object, ...]) -> bool:
+    return refused(attacker.conn, query, params) or touched(attacker.conn, query, params) == 0
+
+
+def test_give_customer_to_someone_out_of_reach(attacker):
+    # rep_c reports to boss: out of every attacker's reach
+    assert blocked(
+        attacker, SET.format("owner_id"), (attacker.org.emp("rep_c"), writable(attacker))
+    )
+
+
+def test_give_customer_to_nobody(attacker):
+    # An unowned customer is one a rep could not have created
+    assert blocked(attacker, SET.format("owner_id"), (None, writable(attacker)))
+
+
+def test_move_customer_to_foreign_project(attacker):
+    p2 = attacker.org.superuser("SELECT crm_private.project_id('p2')")[0][0]
+    assert blocked(attacker, SET.format("project_id"), (p2, writable(attacker)))
+
+
+def test_take_edit_shared_customer(attack_org):
+    # c6 is rep_c's, shared to rep_a for editing: an edit share does not give it away
+    with attacker_session(attack_org, "rep_a") as rep:
+        c6 = attack_org.id("c6")
+        assert touched(rep.conn, "UPDATE crm.customers SET notes = 'ok' WHERE id = %s", (c6,)) == 1
+        assert blocked(rep, SET.format("owner_id"), (rep.me, c6))
+        assert blocked(rep, SET.format("org_unit_id"), (None, c6))
+
+
+def test_take_read_shared_customer(attack_org):
+    # x_read: c4 (rep_a's) shared to rep_b for reading only
+    with attacker_session(attack_org, "rep_b") as rep:
+        assert blocked(rep, SET.format("notes"), ("edited", attack_org.id("c4")))
+
+
+def test_delete_without_delete_action(attacker):
+    # None of the attackers' templates may delete customers
+    assert blocked(attacker, "DELETE FROM crm.customers WHERE id = %s", (writable(attacker),))
+
+
+def test_delete_hidden_customer(attacker):
+    assert blocked(attacker, "DELETE FROM crm.customers WHERE id = %s", (attacker.target,))
+
+
+def test_bulk_update_reaches_visible_rows_only(attacker):
+    changed = column(attacker.conn, "UPDATE crm.customers SET notes = 'bulk' RETURNING id")
+    assert attacker.leaked(changed) == set()
+
+
+def test_bulk_update_by_id_list_with_hidden_rows(attacker):
+    everyone = list(attacker.visible | attacker.hidden)
+    changed = column(
+        attacker.conn,
+        "UPDATE crm.customers SET score = 1 WHERE id = ANY (%s) RETURNING id",
+        (everyone,),
+    )
+    assert attacker.leaked(changed) == set()
+
+
+def test_bulk_delete_activities(attacker):
+    gone = column(attacker.conn, "DELETE FROM crm.activities RETURNING customer_id, employee_id")
+    assert attacker.leaked(gone) == set()
+
+
+def test_update_from_join_with_hidden_rows(attacker):
+    changed = column(
+        attacker.conn,
+        "UPDATE crm.customers AS c SET notes = k.title FROM crm.contracts AS k"
+        " WHERE k.customer_id = c.id RETURNING c.id",
+    )
+    assert attacker.leaked(changed) == set()
+
+
+def test_insert_customer_for_someone_else(attacker):
+    query = NEW_OWN.replace(" RETURNING id", "")
+    assert refused(attacker.conn, query, (attacker.org.emp("rep_c"),))
+
+
+def test_insert_customer_into_foreign_project(attacker):
+    query = (
+        "INSERT INTO crm.customers (project_id, owner_id, full_name)"
+        " VALUES (crm_private.project_id('p2'), %s, 'probe')"
+    )
+    assert refused(attacker.conn, query, (attacker.me,))
+
+
+def test_point_contract_at_hidden_customer(attack_org):
+    # mgr_hn may update k2 (rep_b's contract): not move it to a customer they cannot see
+    with attacker_session(attack_org, "mgr_hn") as mgr:
+        query = "UPDATE crm.contracts SET customer_id = %s WHERE id = %s"
+        assert blocked(mgr, query, (mgr.target, attack_org.id("k2", "contracts")))
+
+
+def test_point_activity_at_hidden_customer(attack_org):
+    with attacker_session(attack_org, "rep_a") as rep:
+        query = "UPDATE crm.activities SET customer_id = %s WHERE id = %s"
+        assert blocked(rep, query, (rep.target, attack_org.id("a1", "activities")))
+
+
+def test_share_customer_shared_to_me(attack_org):
+    # c6 is shared to rep_a: shares are handed out by those who may change the customer
+    # through their own templates, not through a share
+    with attacker_session(attack_org, "rep_a") as rep:
+        query = (
+            "INSERT INTO crm.shares (customer_id, grantee_employee_id, access, granted_by)"
+            " VALUES (%s, %s, 'edit', %s)"
+        )
+        assert refused(rep.conn, query, (attack_org.id("c6"), attack_org.emp("rep_b"), rep.me))
+
+
+def test_share_in_someone_elses_name(attack_org):
+    with attacker_session(attack_org, "rep_a") as rep:
+        query = (
+            "INSERT INTO crm.shares (customer_id, grantee_employee_id, access, granted_by)"
+            " VALUES (%s, %s, 'read', %s)"
+        )
+        boss = attack_org.emp("boss")
+        assert refused(rep.conn, query, (attack_org.id("c1"), attack_org.emp("rep_b"), boss))
+
+
+@pytest.mark.parametrize("column_name", ["owner_id", "project_id", "customer_id"])
+def test_move_own_contract(attack_org, column_name):
+    values = {
+        "owner_id": attack_org.emp("rep_b"),
+        "project_id": attack_org.superuser("SELECT crm_private.project_id('p2')")[0][0],
+        "customer_id": attack_org.id("c2"),
+    }
+    with attacker_session(attack_org, "rep_a") as rep:
+        query = f"UPDATE crm.contracts SET {column_name} = %s WHERE id = %s"
+        assert blocked(rep, query, (values[column_name], attack_org.id("k1", "contracts")))

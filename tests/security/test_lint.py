@@ -1,0 +1,280 @@
+"""`crmdb lint` on the demo database (clean) and on deliberately broken copies of it.
+
+Each break runs in a transaction on the demo database that is rolled back: lint must
+report the finding with its fix, and running the fix in the same transaction must
+clear it. The CLI is run once on the clean demo and once on a database that misses
+its policies (exit status 3, --json).
+"""
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+
+from crmdb.cli import main
+from crmdb.demo import load_demo
+from crmdb.lint import Finding, lint
+from crmdb.policies.apply import apply_in, load_desired
+from crmdb.policies.compile import Desired
+from crmdb.testing.scratch import TEST_PASSWORD, ScratchDatabase, ScratchFactory
+
+NOW = datetime(2025, 6, 2, 9, 30, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def desired() -> Desired:
+    return load_desired()
+
+
+@pytest.fixture(scope="module")
+def demo(scratch: ScratchFactory, desired: Desired) -> Iterator[ScratchDatabase]:
+    db = scratch.migrated()
+    try:
+        with db.connect(autocommit=False) as conn, conn.transaction():
+            load_demo(conn, role_prefix=db.role("demo_"), password=TEST_PASSWORD, now=NOW)
+            apply_in(conn, desired)
+        yield db
+    finally:
+        db.drop()
+
+
+@pytest.fixture
+def broken(demo: ScratchDatabase) -> Iterator[psycopg.Connection]:
+    """A superuser session on the demo database, in a transaction rolled back."""
+    with demo.connect(autocommit=False) as conn, conn.transaction(force_rollback=True):
+        yield conn
+
+
+@pytest.fixture(scope="module")
+def employee(demo: ScratchDatabase) -> str:
+    with demo.connect() as conn:
+        row = conn.execute("SELECT min(role_name) FROM crm.employees").fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def findings_of(conn: psycopg.Connection, desired: Desired, kind: str) -> list[Finding]:
+    return [f for f in lint(conn, desired) if f.kind == kind]
+
+
+def assert_found_and_fixed(
+    conn: psycopg.Connection, desired: Desired, kind: str, obj: str, fix: str
+) -> None:
+    """Lint reports `kind` on `obj` with a fix containing `fix`; the fix clears it."""
+    found = [f for f in findings_of(conn, desired, kind) if f.object == obj]
+    assert len(found) == 1, lint(conn, desired)
+    assert fix in found[0].fix
+    conn.execute(found[0].fix)  # type: ignore[arg-type]
+    assert [f for f in findings_of(conn, desired, kind) if f.object == obj] == []
+
+
+def test_demo_database_is_clean(demo, desired):
+    with demo.connect() as conn:
+        # Expect no finding: migrations plus policy apply make a database lint accepts
+        assert lint(conn, desired) == []
+    result = CliRunner().invoke(main, ["lint", "--dsn", demo.target.conninfo])
+    assert result.exit_code == 0, result.output
+    assert "0 finding(s)" in result.output
+
+
+def test_rls_not_forced(broken, desired):
+    broken.execute("ALTER TABLE crm.customers NO FORCE ROW LEVEL SECURITY")
+    assert_found_and_fixed(
+        broken,
+        desired,
+        "rls_not_forced",
+        "crm.customers",
+        "ALTER TABLE crm.customers FORCE ROW LEVEL SECURITY;",
+    )
+
+
+def test_table_without_rls(broken, desired):
+    broken.execute("SET LOCAL ROLE crmdb_owner")
+    broken.execute("CREATE TABLE crm.notes (id bigint)")
+    broken.execute("RESET ROLE")
+    assert_found_and_fixed(
+        broken, desired, "rls_disabled", "crm.notes", "ENABLE ROW LEVEL SECURITY"
+    )
+
+
+def test_rls_disabled_on_a_protected_table(broken, desired):
+    broken.execute("ALTER TABLE crm.shares DISABLE ROW LEVEL SECURITY")
+    assert_found_and_fixed(
+        broken,
+        desired,
+        "rls_disabled",
+        "crm.shares",
+        "ALTER TABLE crm.shares ENABLE ROW LEVEL SECURITY;",
+    )
+
+
+def test_view_without_security_invoker(broken, desired):
+    broken.execute("CREATE VIEW crm.leads AS SELECT id FROM crm.customers")
+    assert_found_and_fixed(
+        broken,
+        desired,
+        "view_not_security_invoker",
+        "crm.leads",
+        "ALTER VIEW crm.leads SET (security_invoker = true);",
+    )
+
+
+def test_security_definer_without_search_path(broken, desired):
+    broken.execute(
+        "CREATE FUNCTION crm_private.probe() RETURNS bigint LANGUAGE sql SECURITY DEFINER"
+        " AS 'SELECT count(*) FROM crm.customers'"
+    )
+    assert_found_and_fixed(
+        broken,
+        desired,
+        "function_search_path",
+        "crm_private.probe()",
+        "ALTER FUNCTION crm_private.probe() SET search_path = pg_catalog, pg_temp;",
+    )
+
+
+def test_search_path_with_pg_temp_first(broken, desired):
+    broken.execute("ALTER FUNCTION crm_private.subordinate_ids(name) SET search_path = ''")
+    found = findings_of(broken, desired, "function_search_path")
+    assert [f.object for f in found] == ["crm_private.subordinate_ids(name)"]
+    assert "searches pg_temp before pg_catalog" in found[0].problem
+    assert_found_and_fixed(
+        broken,
+        desired,
+        "function_search_path",
+        "crm_private.subordinate_ids(name)",
+        "SET search_path = pg_catalog, pg_temp;",
+    )
+
+
+@pytest.mark.parametrize("attribute", ["BYPASSRLS", "SUPERUSER", "CREATEROLE"])
+def test_employee_role_with_attribute(broken, desired, employee, attribute):
+    broken.execute(f'ALTER ROLE "{employee}" {attribute}')  # type: ignore[arg-type]
+    found = findings_of(broken, desired, "privileged_role")
+    assert [f.object for f in found] == [employee]
+    assert attribute in found[0].problem
+    assert_found_and_fixed(
+        broken, desired, "privileged_role", employee, "NOSUPERUSER NOBYPASSRLS NOCREATEROLE"
+    )
+
+
+def test_employee_member_of_owner(broken, desired, employee):
+    broken.execute(f'GRANT crmdb_owner TO "{employee}"')  # type: ignore[arg-type]
+    assert_found_and_fixed(
+        broken, desired, "privileged_role", employee, f"REVOKE crmdb_owner FROM {employee};"
+    )
+
+
+def test_employee_owns_a_table(broken, desired, employee):
+    broken.execute(f'ALTER TABLE crm.activities OWNER TO "{employee}"')  # type: ignore[arg-type]
+    found = findings_of(broken, desired, "role_owns_objects")
+    assert "table crm.activities" in found[0].problem
+    assert_found_and_fixed(
+        broken,
+        desired,
+        "role_owns_objects",
+        employee,
+        f"REASSIGN OWNED BY {employee} TO crmdb_owner;",
+    )
+
+
+@pytest.mark.parametrize(
+    ("grant", "obj", "fix"),
+    [
+        (
+            "GRANT SELECT ON crm.customers TO PUBLIC",
+            "table crm.customers",
+            "REVOKE ALL ON TABLE crm.customers FROM PUBLIC;",
+        ),
+        (
+            "GRANT USAGE ON SCHEMA crm_admin TO PUBLIC",
+            "schema crm_admin",
+            "REVOKE ALL ON SCHEMA crm_admin FROM PUBLIC;",
+        ),
+        (
+            "GRANT EXECUTE ON FUNCTION crm_private.sync_roles(bigint) TO PUBLIC",
+            "function crm_private.sync_roles(bigint)",
+            "REVOKE EXECUTE ON FUNCTION crm_private.sync_roles(bigint) FROM PUBLIC;",
+        ),
+    ],
+    ids=["table", "schema", "function"],
+)
+def test_grant_to_public(broken, desired, grant, obj, fix):
+    broken.execute(grant)
+    assert_found_and_fixed(broken, desired, "public_grants", obj, fix)
+
+
+def test_policy_no_template_generated(broken, desired):
+    broken.execute("CREATE POLICY backdoor ON crm.customers FOR SELECT TO PUBLIC USING (true)")
+    found = findings_of(broken, desired, "policy_drift")
+    assert [(f.object, f.problem) for f in found] == [
+        ("backdoor on crm.customers", "no template generates this policy")
+    ]
+    assert_found_and_fixed(
+        broken,
+        desired,
+        "policy_drift",
+        "backdoor on crm.customers",
+        "DROP POLICY backdoor ON crm.customers;",
+    )
+
+
+def test_policy_changed_by_hand(broken, desired):
+    name = "customers__sales_rep__own__select"
+    broken.execute(f"ALTER POLICY {name} ON crm.customers USING (true)")  # type: ignore[arg-type]
+    found = findings_of(broken, desired, "policy_drift")
+    assert [f.problem for f in found] == ["the policy differs from what its template generates"]
+    assert_found_and_fixed(
+        broken, desired, "policy_drift", f"{name} on crm.customers", f"CREATE POLICY {name}"
+    )
+
+
+def test_owner_policy_opened_to_everyone(broken, desired):
+    broken.execute("ALTER POLICY crmdb_owner_all ON crm.contracts TO PUBLIC")
+    assert_found_and_fixed(
+        broken,
+        desired,
+        "owner_policy_drift",
+        "crmdb_owner_all on crm.contracts",
+        "CREATE POLICY crmdb_owner_all ON crm.contracts TO crmdb_owner",
+    )
+
+
+def test_template_that_grants_nothing(broken, desired, demo):
+    template = demo.role("idle")
+    broken.execute(f"CREATE ROLE crmdb_tpl_{template} NOLOGIN")  # type: ignore[arg-type]
+    broken.execute(
+        "INSERT INTO crm.project_members (project_id, employee_id, solution, template)"
+        " SELECT p.project_id, e.id, p.solution, %s"
+        "   FROM crm.project_solutions AS p CROSS JOIN crm.employees AS e"
+        "  WHERE e.status <> 'departed' AND NOT EXISTS (SELECT FROM crm.project_members AS m"
+        "  WHERE (m.project_id, m.employee_id, m.solution) = (p.project_id, e.id, p.solution))"
+        "  ORDER BY 1, 2, 3 LIMIT 1",
+        (template,),
+    )
+    found = findings_of(broken, desired, "template_grants_nothing")
+    assert [f.object for f in found] == [template]
+    assert "is granted no crm table: it grants nothing" in found[0].problem
+    assert_found_and_fixed(
+        broken,
+        desired,
+        "template_grants_nothing",
+        template,
+        f"DELETE FROM crm.project_members WHERE template = '{template}';",
+    )
+
+
+def test_cli_json_on_a_database_without_policies(db):
+    result = CliRunner().invoke(main, ["lint", "--json", "--dsn", db.target.conninfo])
+    # Expect exit status 3: findings (every template policy is missing)
+    assert result.exit_code == 3, result.output
+    report = json.loads(result.stdout)
+    kinds = {f["kind"] for f in report["findings"]}
+    assert kinds == {"policy_drift"}
+    first = report["findings"][0]
+    assert set(first) == {"kind", "object", "problem", "fix"}
+    assert first["problem"] == "a policy the templates generate is missing"
+    assert first["fix"].startswith("CREATE POLICY")
