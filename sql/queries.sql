@@ -193,7 +193,8 @@ SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) AS table_name,
  ORDER BY 1
 
 -- managed_policies --
--- Policies on crm tables other than the owner's, as PostgreSQL normalised them
+-- Policies on crm tables that templates and sharing rules made (not the fixed crmdb_*
+-- ones of sql/schema.sql), as PostgreSQL normalised them
 SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) AS table_name,
        p.polname AS name,
        CASE p.polcmd WHEN 'r' THEN 'select' WHEN 'a' THEN 'insert' WHEN 'w' THEN 'update'
@@ -207,7 +208,7 @@ SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) AS table_name,
   FROM pg_catalog.pg_policy AS p
   JOIN pg_catalog.pg_class AS c ON c.oid = p.polrelid
   JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
- WHERE n.nspname = 'crm' AND p.polname <> 'crmdb_owner_all'
+ WHERE n.nspname = 'crm' AND p.polname NOT LIKE 'crmdb\_%'
  ORDER BY 1, 2
 
 -- normalised_policies --
