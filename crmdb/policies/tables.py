@@ -199,7 +199,11 @@ TABLES: dict[str, Table] = {
             ),
             owner="actor_employee_id",
         ),
-        Table("business_hours", ("org_unit_id", "weekday", "opens", "closes"), org_unit="org_unit_id"),
+        Table(
+            "business_hours",
+            ("org_unit_id", "weekday", "opens", "closes"),
+            org_unit="org_unit_id",
+        ),
         Table(
             "routing_rules",
             (

@@ -298,10 +298,12 @@ def test_the_assignment_is_audited_as_the_worker(org):
 def test_employees_cannot_run_the_engine(org):
     org.rule("rr", target_org_unit="sales")
     org.customers(1)
-    with org.db.connect_as(org.role("s1")) as conn:
-        # Expect no EXECUTE for an employee: the function is not theirs to call
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            run_batch(conn, 10)
+    # Expect no EXECUTE for an employee: the function is not theirs to call
+    with (
+        org.db.connect_as(org.role("s1")) as conn,
+        pytest.raises(psycopg.errors.InsufficientPrivilege),
+    ):
+        run_batch(conn, 10)
     assert org.pending_events() == 1
 
 
@@ -309,7 +311,9 @@ def test_the_engine_refuses_an_employee_even_with_execute(org):
     org.conn.execute(
         "GRANT EXECUTE ON FUNCTION crm_private.route_events(integer, timestamptz) TO crmdb_employee"
     )
-    with org.db.connect_as(org.role("s1")) as conn:
-        # Expect the caller check to refuse an employee role, whatever the grants say
-        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="may not run the routing"):
-            run_batch(conn, 10)
+    # Expect the caller check to refuse an employee role, whatever the grants say
+    with (
+        org.db.connect_as(org.role("s1")) as conn,
+        pytest.raises(psycopg.errors.InsufficientPrivilege, match="may not run the routing"),
+    ):
+        run_batch(conn, 10)
