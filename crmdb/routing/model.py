@@ -210,8 +210,9 @@ def _hours(r: _Reader, node: Any, line: int) -> list[Hours]:
             continue
         for spec, ranges in days.items():
             day_line = days.line_of(spec)
+            intervals = _ranges(r, ranges, day_line)
             for day in _days(r, str(spec), day_line):
-                for opens, closes in _ranges(r, ranges, day_line):
+                for opens, closes in intervals:
                     result.append(Hours(unit, day, opens, closes, r.path, day_line))
     return result
 
@@ -330,7 +331,7 @@ def _rule(r: _Reader, project: str, node: Mapping, line: int) -> tuple[Rule | No
     sla_hours = r.flag(sla.get("business_hours", False), sla_hours_line, "sla business_hours")
     if sla_hours and hours_unit is None:
         r.error(sla_hours_line, "sla business_hours needs the rule's business_hours team")
-    if sla and sla_minutes is None:
+    if sla and "minutes" not in sla:
         r.error(at("sla"), "sla needs minutes")
     hops = r.integer(sla.get("max_hops", 2), sla.line_of("max_hops"), "sla max_hops", 0, 100)
     strategy = r.choice(node.get("strategy", "round_robin"), at("strategy"), "strategy", STRATEGIES)
@@ -382,7 +383,10 @@ def _file(r: _Reader, doc: Any, result: RuleSet) -> None:
     if "business_hours" in doc:
         result.hours += _hours(r, doc["business_hours"], doc.line_of("business_hours"))
     queues = _members(r, project, doc.get("queues", _empty(doc.line)), doc.line_of("queues"))
-    rules = doc.get("rules", [])
+    rules = doc.get("rules")
+    if rules is None:
+        rules = Sequence()
+        rules.item_lines = []
     if not isinstance(rules, Sequence):
         r.error(doc.line_of("rules"), "'rules' must be a list")
         return

@@ -212,7 +212,7 @@ def check_references(conn: psycopg.Connection, rules: RuleSet) -> None:
         for path, line in sorted(set(where[(kind, name)]))
     ]
     if problems:
-        raise RulesError(problems)
+        raise RulesError(sorted(problems, key=lambda p: (str(p.path), p.line, p.message)))
 
 
 def make_plan(conn: psycopg.Connection, rules: RuleSet) -> RulesPlan:
