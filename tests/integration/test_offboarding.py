@@ -24,8 +24,9 @@ def give_work(org: RoutingOrg, owner: str, customers: int) -> list[int]:
     org.conn.execute(
         "INSERT INTO crm.activities (customer_id, employee_id, kind, subject, due_at, done_at)"
         " SELECT c, %(e)s, k, 'follow up', now(), d"
-        " FROM unnest(%(ids)s::bigint[]) AS c, (VALUES ('task'::crm.activity_kind, NULL::timestamptz),"
-        " ('appointment', NULL), ('task', now())) AS v(k, d)",
+        " FROM unnest(%(ids)s::bigint[]) AS c,"
+        " (VALUES ('task'::crm.activity_kind, NULL::timestamptz), ('appointment', NULL),"
+        " ('task', now())) AS v(k, d)",
         {"e": org.ids[owner], "ids": ids},
     )
     org.conn.execute(

@@ -13,7 +13,8 @@ from policy_org import PolicyOrg, build_policy_org
 
 RULE = (
     "INSERT INTO crm.routing_rules (project_id, name, target_org_unit_id)"
-    " VALUES (crm_private.project_id(%s), %s, (SELECT id FROM crm.org_units WHERE code = 'hn_sales'))"
+    " VALUES (crm_private.project_id(%s), %s,"
+    " (SELECT id FROM crm.org_units WHERE code = 'hn_sales'))"
 )
 
 
