@@ -10,6 +10,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -30,6 +31,9 @@ class WorkerOptions:
     poll_seconds: float = 2.0
     max_backoff: float = 10.0
     name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    # Called after each committed batch that claimed something (bench/routing.py times
+    # insert -> assigned with it).
+    on_batch: Callable[[BatchResult], None] | None = None
 
 
 @dataclass
@@ -96,6 +100,8 @@ class Worker:
                 continue
             if result.claimed:
                 self.totals.add(result)
+                if self.options.on_batch is not None:
+                    self.options.on_batch(result)
                 log(
                     "batch",
                     worker=self.options.name,
