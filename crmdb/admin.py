@@ -85,6 +85,11 @@ def set_employee_status(conn: psycopg.Connection, role: str, status: str) -> Non
     _one(conn, "set_employee_status", {"role": role, "status": status})
 
 
+def offboard_employee(conn: psycopg.Connection, role: str, successor: str | None = None) -> None:
+    """Mark departed; the routing worker hands their open work to `successor` or the rules."""
+    _one(conn, "offboard_employee", {"role": role, "successor": successor})
+
+
 def end_sessions(conn: psycopg.Connection, role: str) -> int:
     """End the role's open sessions; call after the departure is committed."""
     return int(_one(conn, "end_sessions", {"role": role}))

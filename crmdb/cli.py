@@ -259,10 +259,21 @@ def _status_command(verb: str, status: str, help_text: str) -> None:
     @employee_group.command(verb, help=help_text)
     @dsn_option
     @click.argument("role")
-    def command(dsn: str | None, role: str) -> None:
+    @click.option(
+        "--successor",
+        metavar="ROLE",
+        hidden=status != "departed",
+        help="Who takes over their open customers, tasks and contracts (default: the rules).",
+    )
+    def command(dsn: str | None, role: str, successor: str | None) -> None:
+        if successor and status != "departed":
+            raise CrmdbError("--successor is only for deactivate")
         target = target_for(dsn)
         with transaction(target) as conn:
-            admin.set_employee_status(conn, role, status)
+            if status == "departed":
+                admin.offboard_employee(conn, role, successor)
+            else:
+                admin.set_employee_status(conn, role, status)
         click.echo(f"employee {role} is now {status}")
         if status == "departed":
             with connect(target) as conn:
@@ -273,7 +284,10 @@ def _status_command(verb: str, status: str, help_text: str) -> None:
 _status_command("leave", "on_leave", "Put an employee on leave (routing skips them).")
 _status_command("return", "active", "Bring an employee back from leave.")
 _status_command(
-    "deactivate", "departed", "Mark an employee departed: no login, no gateway access, no identity."
+    "deactivate",
+    "departed",
+    "Mark an employee departed: no login, no gateway access, no identity; the routing "
+    "worker hands their open work on.",
 )
 
 
@@ -482,6 +496,97 @@ def lint_cmd(dsn: str | None, directory: str | None, as_json: bool) -> None:
         click.echo(f"{len(findings)} finding(s) on {target.describe()}", err=True)
     if findings:
         sys.exit(3)
+
+
+# Routing ---------------------------------------------------------------------
+
+
+def _rules_dir(directory: str | None) -> Path:
+    return Path(directory) if directory else resource_dir("rules")
+
+
+@main.group("rules")
+def rules_group() -> None:
+    """Routing rules (rules/*.yaml): assignment, hand-off, SLA, business hours."""
+
+
+@rules_group.command("check")
+@click.argument("directory", required=False)
+def rules_check(directory: str | None) -> None:
+    """Validate the rules files; no database needed."""
+    from crmdb.routing.model import load_rules
+
+    rules = load_rules(_rules_dir(directory))
+    click.echo(
+        f"{len(rules.projects)} project(s), {len(rules.rules)} rules, "
+        f"{len({(m.project, m.queue) for m in rules.members})} queues, "
+        f"{len(rules.hour_units())} teams with business hours; ok"
+    )
+
+
+@rules_group.command("plan")
+@dsn_option
+@click.argument("directory", required=False)
+def rules_plan(dsn: str | None, directory: str | None) -> None:
+    """Print the SQL that apply would run. Exit 0: nothing to change; 3: changes."""
+    from crmdb.routing import plan as rules_plan_module
+    from crmdb.routing.model import load_rules
+
+    result = rules_plan_module.plan(target_for(dsn), load_rules(_rules_dir(directory)))
+    if result.empty:
+        click.echo("-- nothing to change", err=True)
+        return
+    click.echo(result.sql())
+    click.echo(f"-- {len(result.statements)} statement(s) to apply", err=True)
+    sys.exit(3)
+
+
+@rules_group.command("apply")
+@dsn_option
+@click.argument("directory", required=False)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def rules_apply(dsn: str | None, directory: str | None, yes: bool) -> None:
+    """Apply the rules files in one transaction."""
+    from crmdb.routing import plan as rules_plan_module
+    from crmdb.routing.model import load_rules
+
+    rules = load_rules(_rules_dir(directory))
+    target = target_for(dsn)
+    pending = rules_plan_module.plan(target, rules)
+    if pending.empty:
+        click.echo(f"nothing to change on {target.describe()}")
+        return
+    if not yes:
+        click.confirm(
+            f"Apply {len(pending.statements)} statement(s) to {target.describe()}?", abort=True
+        )
+    done = rules_plan_module.apply(target, rules)
+    click.echo(f"applied {len(done.statements)} statement(s) to {target.describe()}")
+
+
+@main.command("worker")
+@dsn_option
+@click.option("--batch", "batch_size", default=500, show_default=True, help="Events per batch.")
+@click.option(
+    "--poll",
+    "poll_seconds",
+    default=2.0,
+    show_default=True,
+    help="Seconds between polls when no NOTIFY arrives.",
+)
+@click.option("--once", is_flag=True, help="Apply what is due, then exit.")
+def worker_cmd(dsn: str | None, batch_size: int, poll_seconds: float, once: bool) -> None:
+    """Route customers: apply routing events as they come (JSON logs on stderr)."""
+    import signal
+
+    from crmdb.worker.logs import setup
+    from crmdb.worker.loop import Worker, WorkerOptions
+
+    setup()
+    worker = Worker(target_for(dsn), WorkerOptions(batch_size, poll_seconds))
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: worker.stop())
+    worker.run(until_idle=once)
 
 
 # Data ------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 -- Security hardening: what the attack suite (tests/security) found.
--- depends: 0002.policy-helpers
+-- depends: 0004.routing
 --
 -- 1. Functions search pg_temp last. `SET search_path = ''` still searches the
 --    session's temporary schema FIRST for relations and types, and every session may

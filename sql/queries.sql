@@ -193,7 +193,8 @@ SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) AS table_name,
  ORDER BY 1
 
 -- managed_policies --
--- Policies on crm tables other than the owner's, as PostgreSQL normalised them
+-- Policies on crm tables that templates and sharing rules made (not the fixed crmdb_*
+-- ones of sql/schema.sql), as PostgreSQL normalised them
 SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) AS table_name,
        p.polname AS name,
        CASE p.polcmd WHEN 'r' THEN 'select' WHEN 'a' THEN 'insert' WHEN 'w' THEN 'update'
@@ -207,7 +208,7 @@ SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) AS table_name,
   FROM pg_catalog.pg_policy AS p
   JOIN pg_catalog.pg_class AS c ON c.oid = p.polrelid
   JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
- WHERE n.nspname = 'crm' AND p.polname <> 'crmdb_owner_all'
+ WHERE n.nspname = 'crm' AND p.polname NOT LIKE 'crmdb\_%'
  ORDER BY 1, 2
 
 -- normalised_policies --
@@ -247,3 +248,71 @@ SELECT template, scope, actions, detail
 -- employee_id_by_role --
 -- An employee's id, or an error naming the unknown employee
 SELECT (crm_private.employee_by_role(%(role)s)).id
+
+-- Routing rules (crmdb rules plan/apply) -------------------------------------------
+
+-- rules_lock --
+-- Serialise rules applies: one at a time per database
+SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('crmdb rules apply'))
+
+-- rules_current --
+-- The routing rules of some projects, with codes where the table holds ids
+SELECT p.code AS project, r.name, r.kind::text, r.on_stage::text, r.priority, r.enabled,
+       r.sources::text[], r.provinces, r.product_interests, r.stages::text[],
+       r.min_score, r.max_score, tu.code AS target_org_unit, r.include_sub_units,
+       r.target_queue, r.strategy::text, r.load_measure, r.max_open,
+       hu.code AS hours_org_unit, r.sla_minutes, r.sla_business_hours, r.sla_max_hops
+  FROM crm.routing_rules AS r
+  JOIN crm.projects AS p ON p.id = r.project_id
+  LEFT JOIN crm.org_units AS tu ON tu.id = r.target_org_unit_id
+  LEFT JOIN crm.org_units AS hu ON hu.id = r.hours_org_unit_id
+ WHERE p.code = ANY (%(projects)s::text[])
+ ORDER BY 1, 2
+
+-- queue_members_current --
+-- The queue members of some projects, by role name
+SELECT p.code AS project, m.queue, e.role_name::text AS employee, m.weight
+  FROM crm.routing_queue_members AS m
+  JOIN crm.projects AS p ON p.id = m.project_id
+  JOIN crm.employees AS e ON e.id = m.employee_id
+ WHERE p.code = ANY (%(projects)s::text[])
+ ORDER BY 1, 2, 3
+
+-- business_hours_current --
+-- The business hours of some teams
+SELECT u.code AS org_unit, h.weekday, h.opens, h.closes
+  FROM crm.business_hours AS h
+  JOIN crm.org_units AS u ON u.id = h.org_unit_id
+ WHERE u.code = ANY (%(units)s::text[])
+ ORDER BY 1, 2, 3
+
+-- rules_unknown --
+-- Which of the projects, org units and employees a rules file names do not exist
+-- (employees who departed count as unknown: nothing may be routed to them)
+SELECT 'project' AS kind, x FROM unnest(%(projects)s::text[]) AS x
+ WHERE NOT EXISTS (SELECT FROM crm.projects WHERE code = x)
+UNION ALL
+SELECT 'org unit', x FROM unnest(%(units)s::text[]) AS x
+ WHERE NOT EXISTS (SELECT FROM crm.org_units WHERE code = x)
+UNION ALL
+SELECT 'employee', x FROM unnest(%(employees)s::text[]) AS x
+ WHERE NOT EXISTS (SELECT FROM crm.employees WHERE role_name = x AND status <> 'departed')
+
+-- Routing worker -------------------------------------------------------------------
+
+-- listen_routing --
+-- Wake up when a transaction records routing events
+LISTEN crmdb_routing
+
+-- route_events --
+-- One worker batch: claim up to `limit` due events and apply the rules (now: NULL, or a
+-- pinned clock)
+SELECT claimed, assigned, deferred FROM crm_private.route_events(%(limit)s, %(now)s)
+
+-- next_routing_due --
+-- When the next deferred event or SLA clock falls due (NULL: none)
+SELECT crm_private.next_routing_due()
+
+-- offboard_employee --
+-- Mark an employee departed; the worker hands their open work to the successor or rules
+SELECT crm_admin.offboard_employee(%(role)s, %(successor)s)

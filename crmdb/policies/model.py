@@ -349,6 +349,13 @@ def _template(r: _Reader, doc: Mapping) -> Template | None:
                     node.line_of(table), f"unknown table {table!r} (expected: {', '.join(TABLES)})"
                 )
                 continue
+            if not TABLES[table].templates:
+                r.error(
+                    node.line_of(table),
+                    f"table {table!r} has fixed policies of its own (sql/schema.sql); "
+                    "templates cannot grant it",
+                )
+                continue
             tables[table] = _scopes(r, table, body, node.line_of(table))
     tests: list[TemplateTest] = []
     test_node = doc.get("tests")

@@ -25,6 +25,9 @@ class Table:
     # cannot insert must leave them as they are.
     anchors: tuple[str, ...] = field(default=())
     touch: str = "id"  # a column `crmdb policy test` sets to itself to probe UPDATE
+    # False: the table has fixed policies of its own in sql/schema.sql (named crmdb_*,
+    # e.g. every employee reads their own notifications); templates may not name it.
+    templates: bool = True
 
     @property
     def qualified(self) -> str:
@@ -197,6 +200,84 @@ TABLES: dict[str, Table] = {
             ),
             owner="actor_employee_id",
             project="project_id",
+        ),
+        Table(
+            "business_hours",
+            ("org_unit_id", "weekday", "opens", "closes"),
+            org_unit="org_unit_id",
+        ),
+        Table(
+            "routing_rules",
+            (
+                "id",
+                "project_id",
+                "name",
+                "kind",
+                "on_stage",
+                "priority",
+                "enabled",
+                "sources",
+                "provinces",
+                "product_interests",
+                "stages",
+                "min_score",
+                "max_score",
+                "target_org_unit_id",
+                "include_sub_units",
+                "target_queue",
+                "strategy",
+                "load_measure",
+                "max_open",
+                "hours_org_unit_id",
+                "sla_minutes",
+                "sla_business_hours",
+                "sla_max_hops",
+                "created_at",
+                "updated_at",
+            ),
+            project="project_id",
+            touch="updated_at",
+        ),
+        Table(
+            "routing_queue_members",
+            ("project_id", "queue", "employee_id", "weight"),
+            project="project_id",
+        ),
+        Table(
+            "assignment_history",
+            (
+                "id",
+                "customer_id",
+                "project_id",
+                "from_employee_id",
+                "to_employee_id",
+                "rule_id",
+                "rule_name",
+                "strategy",
+                "reason",
+                "hop",
+                "event_id",
+                "at",
+            ),
+            owner="to_employee_id",
+            project="project_id",
+            customer="customer_id",
+        ),
+        Table(
+            "notifications",
+            (
+                "id",
+                "employee_id",
+                "kind",
+                "customer_id",
+                "subject",
+                "details",
+                "created_at",
+                "read_at",
+            ),
+            owner="employee_id",
+            customer="customer_id",
+            templates=False,
         ),
     )
 }

@@ -1,0 +1,1 @@
+"""Routing rules: files (model.py), their plan and apply (plan.py), offboarding."""

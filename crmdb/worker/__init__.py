@@ -1,0 +1,1 @@
+"""The routing worker: one batch (batch.py), the loop around it (loop.py), logs (logs.py)."""

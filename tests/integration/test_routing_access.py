@@ -1,0 +1,152 @@
+"""Who may see and change routing rules, history and notifications, as employees.
+
+The shipped templates over the policy fixture org (policy_org.py): adm is the admin of
+saoviet.crm (and of nothing in p2); reps, managers and care staff are not admins.
+Notifications have fixed policies: every employee reads and marks only their own.
+"""
+
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from policy_org import PolicyOrg, build_policy_org
+
+RULE = (
+    "INSERT INTO crm.routing_rules (project_id, name, target_org_unit_id)"
+    " VALUES (crm_private.project_id(%s), %s,"
+    " (SELECT id FROM crm.org_units WHERE code = 'hn_sales'))"
+)
+
+
+@pytest.fixture
+def org(db) -> Iterator[PolicyOrg]:
+    yield build_policy_org(db)
+
+
+def count(conn: psycopg.Connection, query: str, params: list[object] | None = None) -> int:
+    row = conn.execute(query, params).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def notify(org: PolicyOrg, key: str, subject: str) -> int:
+    with org.db.connect() as conn:
+        row = conn.execute(
+            "INSERT INTO crm.notifications (employee_id, kind, subject) VALUES (%s, 'test', %s)"
+            " RETURNING id",
+            [org.emp(key), subject],
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_admin_manages_rules_of_their_project_only(org):
+    with org.connect_as("adm") as conn:
+        # Expect the admin to add, change and delete a rule in saoviet.crm
+        conn.execute(RULE, ["saoviet.crm", "web"])
+        conn.execute("UPDATE crm.routing_rules SET priority = 5 WHERE name = 'web'")
+        assert count(conn, "SELECT count(*) FROM crm.routing_rules WHERE priority = 5") == 1
+        conn.execute(
+            "INSERT INTO crm.routing_queue_members (project_id, queue, employee_id)"
+            " VALUES (crm_private.project_id('saoviet.crm'), 'q', %s)",
+            [org.emp("rep_a")],
+        )
+        # Expect a rule in p2 (not theirs) refused
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
+            conn.execute(RULE, ["p2", "steal"])
+        # Expect moving their rule to p2 refused too
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
+            conn.execute(
+                "UPDATE crm.routing_rules SET project_id = crm_private.project_id('p2')"
+                " WHERE name = 'web'"
+            )
+        conn.execute("DELETE FROM crm.routing_rules WHERE name = 'web'")
+        assert count(conn, "SELECT count(*) FROM crm.routing_rules") == 0
+
+
+def test_admin_does_not_see_other_projects_rules(org):
+    with org.db.connect() as conn:
+        conn.execute(RULE, ["p2", "theirs"])
+    with org.connect_as("adm") as conn:
+        # Expect p2's rule invisible to saoviet.crm's admin
+        assert count(conn, "SELECT count(*) FROM crm.routing_rules") == 0
+
+
+@pytest.mark.parametrize("key", ["rep_a", "mgr_hn", "boss", "care", "cc"])
+def test_non_admins_neither_see_nor_write_rules(org, key):
+    with org.db.connect() as conn:
+        conn.execute(RULE, ["saoviet.crm", "existing"])
+    with org.connect_as(key) as conn:
+        # Expect no privilege at all on the routing configuration
+        for query in (
+            "SELECT count(*) FROM crm.routing_rules",
+            "SELECT count(*) FROM crm.routing_queue_members",
+            "SELECT count(*) FROM crm.assignment_history",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(query)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(RULE, ["saoviet.crm", "mine"])
+
+
+def test_employees_never_reach_the_engine_internals(org):
+    with org.connect_as("adm") as conn:
+        # Expect even an admin refused the event queue, counters, clocks
+        for table in ("routing_events", "routing_counters", "sla_timers", "successors"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(f"SELECT count(*) FROM crm_private.{table}")
+
+
+def test_notifications_are_private_and_marked_read_by_their_owner(org):
+    mine = notify(org, "rep_a", "for rep_a")
+    theirs = notify(org, "rep_b", "for rep_b")
+    with org.connect_as("rep_a") as conn:
+        # Expect rep_a to see only their own notification
+        assert conn.execute("SELECT id FROM crm.notifications").fetchall() == [(mine,)]
+        # Expect marking rep_b's notification to do nothing, their own to work
+        assert count(conn, "SELECT crm.mark_notifications_read(%s)", [[theirs]]) == 0
+        assert count(conn, "SELECT crm.mark_notifications_read()") == 1
+        # Expect no way to change anything but read_at, nor to add notifications
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("UPDATE crm.notifications SET employee_id = %s", [org.emp("rep_b")])
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(
+                "INSERT INTO crm.notifications (employee_id, kind, subject)"
+                " VALUES (%s, 'x', 'spoof')",
+                [org.emp("rep_b")],
+            )
+    with org.db.connect() as conn:
+        rows = conn.execute(
+            "SELECT id, read_at IS NOT NULL FROM crm.notifications ORDER BY id"
+        ).fetchall()
+    assert rows == [(mine, True), (theirs, False)]
+
+
+def test_admins_see_only_their_own_notifications_too(org):
+    notify(org, "rep_a", "for rep_a")
+    with org.connect_as("adm") as conn:
+        # Expect nothing: no template reaches notifications, not even admin
+        assert count(conn, "SELECT count(*) FROM crm.notifications") == 0
+
+
+def test_a_notification_wakes_the_employees_channel_with_its_id(org):
+    with org.connect_as("rep_a") as listener:
+        listener.execute(f"LISTEN crmdb_notifications_{org.emp('rep_a')}")
+        other = notify(org, "rep_b", "not for rep_a")
+        mine = notify(org, "rep_a", "for rep_a")
+        notes = list(listener.notifies(timeout=2, stop_after=1))
+    # Expect one notification on rep_a's channel, carrying only the new row's id
+    assert [(n.channel, n.payload) for n in notes] == [
+        (f"crmdb_notifications_{org.emp('rep_a')}", str(mine))
+    ]
+    assert other != mine
+
+
+def test_policy_plan_leaves_the_fixed_notification_policies_alone(org):
+    from crmdb.policies.apply import load_desired
+    from crmdb.policies.plan import make_plan
+
+    with org.db.connect(autocommit=False) as conn:
+        # Expect nothing to change after apply: the crmdb_* policies are not the plan's
+        assert make_plan(conn, load_desired()).statements == []
+        conn.rollback()
