@@ -92,8 +92,8 @@ def _groups(r: Reporter, table: str, node: Mapping) -> dict[str, FieldGroup]:
         columns = r.str_list(body.get("columns"), body.line_of("columns"), "columns")
         if not columns:
             r.error(body.line_of("columns"), f"field group {table}.{name} needs 'columns'")
+        where = body.line_of("columns")
         for column in columns:
-            where = body.line_of("columns")
             if column not in spec.columns:
                 r.error(where, f"table {table} has no column {column!r}")
             elif column in placing:
@@ -125,9 +125,10 @@ def _masks(
         if column not in columns:
             r.error(line, f"mask on {table}.{column}, which is not in field group {group!r}")
             continue
-        keep = spec.get("keep_last") if isinstance(spec, Mapping) else None
+        keep = None
         if isinstance(spec, Mapping):
             r.keys(spec, {"keep_last"}, f"the mask of {table}.{column}")
+            keep = spec.get("keep_last")
         if not isinstance(keep, int) or isinstance(keep, bool) or not 0 <= keep <= MAX_KEEP:
             r.error(line, f"mask of {table}.{column}: keep_last must be 0..{MAX_KEEP}")
             continue
