@@ -9,18 +9,15 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-from routing_org import MONDAY, SATURDAY, RoutingOrg, at, build_routing_org
+from routing_org import MONDAY, SATURDAY, RoutingOrg, at, routing_org
 
 from crmdb.worker.batch import run_batch
 
 
 @pytest.fixture
 def org(db) -> Iterator[RoutingOrg]:
-    routing = build_routing_org(db)
-    try:
+    with routing_org(db) as routing:
         yield routing
-    finally:
-        routing.conn.close()
 
 
 def spread(counts: dict[str | None, int]) -> int:

@@ -4,19 +4,16 @@ after the allowed hops escalates to the owner's manager. The clock is pinned."""
 from collections.abc import Iterator
 
 import pytest
-from routing_org import MONDAY, RoutingOrg, at, build_routing_org
+from routing_org import MONDAY, RoutingOrg, at, routing_org
 
 
 @pytest.fixture
 def org(db) -> Iterator[RoutingOrg]:
-    routing = build_routing_org(db)
-    routing.rule(
-        "sla", target_org_unit="sales", strategy="round_robin", sla_minutes=30, sla_max_hops=1
-    )
-    try:
+    with routing_org(db) as routing:
+        routing.rule(
+            "sla", target_org_unit="sales", strategy="round_robin", sla_minutes=30, sla_max_hops=1
+        )
         yield routing
-    finally:
-        routing.conn.close()
 
 
 def notes(org: RoutingOrg, customer: int) -> list[tuple[str | None, str]]:
