@@ -37,7 +37,7 @@ from crmdb.worker.loop import Worker, WorkerOptions
 QUERIES = str(Path(__file__).resolve().parent / "routing.sql")
 DBNAME = "crmdb_bench_routing"
 PREFIX = "rbench_"
-PRODUCERS = 8  # client connections offering the latency run's load
+PRODUCERS = 16  # client connections offering the latency run's load
 
 
 def q(name: str) -> sql.SQL:
