@@ -2068,10 +2068,14 @@ COMMENT ON FUNCTION crm_private.route_events(integer, timestamptz) IS 'The routi
 CREATE FUNCTION crm_private.next_routing_due() RETURNS timestamptz
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ''
 AS $$
-    SELECT least((SELECT min(due_at) FROM crm_private.routing_events),
-                 (SELECT min(due_at) FROM crm_private.sla_timers))
+    -- Only the first pending event of each customer can be claimed next.
+    SELECT least((SELECT min(e.due_at) FROM crm_private.routing_events AS e
+                   WHERE e.customer_id IS NULL OR NOT EXISTS (
+                         SELECT FROM crm_private.routing_events AS p
+                          WHERE p.customer_id = e.customer_id AND p.id < e.id)),
+                 (SELECT min(t.due_at) FROM crm_private.sla_timers AS t))
 $$;
-COMMENT ON FUNCTION crm_private.next_routing_due() IS 'When the next deferred event or SLA clock falls due (the worker sleeps until then at most)';
+COMMENT ON FUNCTION crm_private.next_routing_due() IS 'When the next claimable event or SLA clock falls due (the worker sleeps until then at most)';
 
 -- Admin API ------------------------------------------------------------------------
 

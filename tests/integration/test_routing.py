@@ -192,6 +192,21 @@ def test_outside_business_hours_customers_wait_for_the_opening(org):
     assert None not in org.owners(new)
 
 
+def test_the_next_due_time_ignores_events_waiting_behind_a_deferred_one(org):
+    org.conn.execute(
+        "INSERT INTO crm.business_hours SELECT (SELECT id FROM crm.org_units WHERE code = 'sales'),"
+        " d, '08:00', '17:00' FROM generate_series(1, 5) AS d"
+    )
+    org.rule("office", target_org_unit="sales", hours_org_unit="sales")
+    (customer,) = org.customers(1)
+    org.route(now=SATURDAY)
+    org.conn.execute("UPDATE crm.customers SET stage = 'qualified' WHERE id = %s", [customer])
+    # Expect the worker told to sleep until Monday 08:00: the stage change is due now but
+    # waits behind the deferred creation, so it must not keep the worker spinning
+    assert org.conn.execute("SELECT crm_private.next_routing_due()").fetchone() == (at(MONDAY, -1),)
+    assert org.route(now=SATURDAY).claimed == 0
+
+
 def test_business_minutes_skip_the_night_and_the_weekend(org):
     org.conn.execute(
         "INSERT INTO crm.business_hours SELECT (SELECT id FROM crm.org_units WHERE code = 'sales'),"
