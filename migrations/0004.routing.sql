@@ -532,6 +532,7 @@ BEGIN
                    SELECT e.id FROM crm.employees AS prev
                      JOIN crm.employees AS e ON e.org_unit_id = prev.org_unit_id
                     WHERE prev.id = w.from_employee AND e.status = 'active'
+                      AND e.id <> ALL (w.excluded)
                       AND EXISTS (SELECT FROM crm.project_members AS pm
                                    WHERE pm.project_id = w.project_id AND pm.employee_id = e.id)
                     ORDER BY e.id = prev.id DESC,
