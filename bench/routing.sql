@@ -18,7 +18,7 @@ CREATE DATABASE {name}
 INSERT INTO crm.routing_rules (project_id, name, priority, sources, target_org_unit_id,
                                strategy, max_open)
 VALUES (crm_private.project_id('bench'), 'web', 10, '{web_form}',
-        (SELECT id FROM crm.org_units WHERE code = 'team-a'), 'round_robin', 1000000),
+        (SELECT id FROM crm.org_units WHERE code = 'team-a'), 'round_robin', 5000),
        (crm_private.project_id('bench'), 'chat', 20, '{chat}',
         (SELECT id FROM crm.org_units WHERE code = 'team-b'), 'least_loaded', NULL);
 INSERT INTO crm.routing_rules (project_id, name, priority, target_queue, strategy)

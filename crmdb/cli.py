@@ -60,6 +60,26 @@ def echo_rows(headers: list[str], rows: list[tuple[Any, ...]]) -> None:
         click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
 
 
+def echo_plan(statements: list[str]) -> None:
+    """A plan command's output: the SQL on stdout and exit 3, or a note and exit 0."""
+    if not statements:
+        click.echo("-- nothing to change", err=True)
+        return
+    click.echo("\n".join(statements))
+    click.echo(f"-- {len(statements)} statement(s) to apply", err=True)
+    sys.exit(3)
+
+
+def confirm_apply(target: Target, statements: list[str], yes: bool) -> bool:
+    """False (having said so) when there is nothing to apply; asks first unless --yes."""
+    if not statements:
+        click.echo(f"nothing to change on {target.describe()}")
+        return False
+    if not yes:
+        click.confirm(f"Apply {len(statements)} statement(s) to {target.describe()}?", abort=True)
+    return True
+
+
 class Progress:
     """Adapts progress(step, done, total) callbacks to one click progress bar per step."""
 
@@ -400,12 +420,7 @@ def policy_plan(dsn: str | None, directory: str | None) -> None:
     result = policy_apply.plan(target_for(dsn), desired)
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
-    if result.empty:
-        click.echo("-- nothing to change", err=True)
-        return
-    click.echo(result.sql())
-    click.echo(f"-- {len(result.statements)} statement(s) to apply", err=True)
-    sys.exit(3)
+    echo_plan(result.statements)
 
 
 @policy_group.command("apply")
@@ -422,13 +437,8 @@ def policy_apply_cmd(dsn: str | None, directory: str | None, yes: bool) -> None:
     pending = policy_apply.plan(target, desired)
     for warning in pending.warnings:
         click.echo(f"warning: {warning}", err=True)
-    if pending.empty:
-        click.echo(f"nothing to change on {target.describe()}")
+    if not confirm_apply(target, pending.statements, yes):
         return
-    if not yes:
-        click.confirm(
-            f"Apply {len(pending.statements)} statement(s) to {target.describe()}?", abort=True
-        )
     done = policy_apply.apply(target, desired)
     click.echo(f"applied {len(done.statements)} statement(s) to {target.describe()}")
 
@@ -533,12 +543,7 @@ def rules_plan(dsn: str | None, directory: str | None) -> None:
     from crmdb.routing.model import load_rules
 
     result = rules_plan_module.plan(target_for(dsn), load_rules(_rules_dir(directory)))
-    if result.empty:
-        click.echo("-- nothing to change", err=True)
-        return
-    click.echo(result.sql())
-    click.echo(f"-- {len(result.statements)} statement(s) to apply", err=True)
-    sys.exit(3)
+    echo_plan(result.statements)
 
 
 @rules_group.command("apply")
@@ -553,13 +558,8 @@ def rules_apply(dsn: str | None, directory: str | None, yes: bool) -> None:
     rules = load_rules(_rules_dir(directory))
     target = target_for(dsn)
     pending = rules_plan_module.plan(target, rules)
-    if pending.empty:
-        click.echo(f"nothing to change on {target.describe()}")
+    if not confirm_apply(target, pending.statements, yes):
         return
-    if not yes:
-        click.confirm(
-            f"Apply {len(pending.statements)} statement(s) to {target.describe()}?", abort=True
-        )
     done = rules_plan_module.apply(target, rules)
     click.echo(f"applied {len(done.statements)} statement(s) to {target.describe()}")
 

@@ -34,6 +34,7 @@ DROP TABLE crm.assignment_history;
 DROP TABLE crm.routing_queue_members;
 DROP TABLE crm.routing_rules;
 DROP TABLE crm.business_hours;
+DROP INDEX crm.customers_open_owner_idx;
 DROP TYPE crm_private.routing_event_kind;
 DROP TYPE crm.routing_strategy;
 DROP TYPE crm.routing_rule_kind;

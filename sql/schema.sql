@@ -1321,6 +1321,10 @@ CREATE TABLE crm.routing_queue_members (
 COMMENT ON TABLE crm.routing_queue_members IS 'Named queues of a project: who is in each, with a weight for the weighted strategy';
 COMMENT ON COLUMN crm.routing_queue_members.weight IS 'Relative share under the weighted strategy';
 
+-- Loads: open customers per owner, counted from the index alone (least_loaded, max_open).
+CREATE INDEX customers_open_owner_idx ON crm.customers (owner_id) WHERE stage <> 'lost';
+COMMENT ON INDEX crm.customers_open_owner_idx IS 'Open (not lost) customers by owner: the routing engine''s load counts, index-only';
+
 -- Outcomes ---------------------------------------------------------------------
 
 CREATE TABLE crm.assignment_history (
@@ -1631,10 +1635,15 @@ AS $$
     ),
     counted AS (
         SELECT p.employee_id, p.weight, c.assigned, r.max_open, r.load_measure,
-               CASE WHEN r.max_open IS NOT NULL
-                      OR (r.strategy = 'least_loaded' AND r.load_measure = 'customers')
+               -- Exact for least_loaded; for capacity alone, counted up to max_open.
+               CASE WHEN r.strategy = 'least_loaded' AND r.load_measure = 'customers'
                     THEN (SELECT count(*) FROM crm.customers AS cu
                            WHERE cu.owner_id = p.employee_id AND cu.stage <> 'lost')
+                    WHEN r.max_open IS NOT NULL
+                    THEN (SELECT count(*) FROM (
+                              SELECT FROM crm.customers AS cu
+                               WHERE cu.owner_id = p.employee_id AND cu.stage <> 'lost'
+                               LIMIT r.max_open) AS capped)
                END AS open_customers,
                CASE WHEN r.strategy = 'least_loaded' AND r.load_measure = 'tasks'
                     THEN (SELECT count(*) FROM crm.activities AS a
@@ -1733,6 +1742,7 @@ BEGIN
                    SELECT e.id FROM crm.employees AS prev
                      JOIN crm.employees AS e ON e.org_unit_id = prev.org_unit_id
                     WHERE prev.id = w.from_employee AND e.status = 'active'
+                      AND e.id <> ALL (w.excluded)
                       AND EXISTS (SELECT FROM crm.project_members AS pm
                                    WHERE pm.project_id = w.project_id AND pm.employee_id = e.id)
                     ORDER BY e.id = prev.id DESC,
@@ -1948,6 +1958,10 @@ BEGIN
                         WHERE a.customer_id = c.id AND a.employee_id = c.owner_id
                           AND a.created_at >= c.assigned_at);
 
+    -- The planner has no statistics on a temporary table: give it the batch's size, so
+    -- that the joins below probe customers, activities and contracts by index.
+    ANALYZE pg_temp.routing_work;
+
     -- 7. Outside the team's business hours nothing moves: wait until it opens.
     WITH closed AS (
         DELETE FROM pg_temp.routing_work AS w
@@ -1994,17 +2008,19 @@ BEGIN
       FROM pg_temp.routing_work AS w
       LEFT JOIN crm.routing_rules AS r ON r.id = w.rule_id;
 
-    UPDATE crm.activities AS a
-       SET employee_id = w.to_employee
-      FROM pg_temp.routing_work AS w
-     WHERE w.reason = 'offboarding' AND a.customer_id = w.customer_id
-       AND a.employee_id = w.from_employee AND a.done_at IS NULL
-       AND a.kind IN ('task', 'appointment');
-    UPDATE crm.contracts AS k
-       SET owner_id = w.to_employee
-      FROM pg_temp.routing_work AS w
-     WHERE w.reason = 'offboarding' AND k.customer_id = w.customer_id
-       AND k.owner_id = w.from_employee AND k.status IN ('draft', 'negotiating');
+    IF EXISTS (SELECT FROM pg_temp.routing_work AS w WHERE w.reason = 'offboarding') THEN
+        UPDATE crm.activities AS a
+           SET employee_id = w.to_employee
+          FROM pg_temp.routing_work AS w
+         WHERE w.reason = 'offboarding' AND a.customer_id = w.customer_id
+           AND a.employee_id = w.from_employee AND a.done_at IS NULL
+           AND a.kind IN ('task', 'appointment');
+        UPDATE crm.contracts AS k
+           SET owner_id = w.to_employee
+          FROM pg_temp.routing_work AS w
+         WHERE w.reason = 'offboarding' AND k.customer_id = w.customer_id
+           AND k.owner_id = w.from_employee AND k.status IN ('draft', 'negotiating');
+    END IF;
 
     DELETE FROM crm_private.sla_timers AS t USING pg_temp.routing_work AS w
      WHERE t.customer_id = w.customer_id;
@@ -2053,10 +2069,14 @@ COMMENT ON FUNCTION crm_private.route_events(integer, timestamptz) IS 'The routi
 CREATE FUNCTION crm_private.next_routing_due() RETURNS timestamptz
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ''
 AS $$
-    SELECT least((SELECT min(due_at) FROM crm_private.routing_events),
-                 (SELECT min(due_at) FROM crm_private.sla_timers))
+    -- Only the first pending event of each customer can be claimed next.
+    SELECT least((SELECT min(e.due_at) FROM crm_private.routing_events AS e
+                   WHERE e.customer_id IS NULL OR NOT EXISTS (
+                         SELECT FROM crm_private.routing_events AS p
+                          WHERE p.customer_id = e.customer_id AND p.id < e.id)),
+                 (SELECT min(t.due_at) FROM crm_private.sla_timers AS t))
 $$;
-COMMENT ON FUNCTION crm_private.next_routing_due() IS 'When the next deferred event or SLA clock falls due (the worker sleeps until then at most)';
+COMMENT ON FUNCTION crm_private.next_routing_due() IS 'When the next claimable event or SLA clock falls due (the worker sleeps until then at most)';
 
 -- Admin API ------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from crmdb.policies.model import PolicyError, Problem
+from crmdb.policies.model import _Reader as PolicyReader
 from crmdb.policies.yamlload import Mapping, Sequence, YamlError, load
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
@@ -95,23 +96,11 @@ class RuleSet:
         return {h.org_unit for h in self.hours}
 
 
-@dataclass
-class _Reader:
-    path: Path
-    problems: list[Problem] = field(default_factory=list)
-
-    def error(self, line: int, message: str) -> None:
-        self.problems.append(Problem(self.path, line, message))
-
-    def keys(self, node: Mapping, allowed: set[str], what: str) -> None:
-        for key in node:
-            if key not in allowed:
-                self.error(
-                    node.line_of(key),
-                    f"unknown key {key!r} in {what} (expected: {', '.join(sorted(allowed))})",
-                )
+class _Reader(PolicyReader):
+    """The role templates' reader (errors at file:line), with rules files' value kinds."""
 
     def name(self, value: Any, line: int, what: str) -> str | None:
+        # Codes of projects, units, rules and queues allow digits, dots and dashes.
         if not isinstance(value, str) or not NAME.match(value):
             self.error(line, f"{what} {value!r} must match {NAME.pattern}")
             return None

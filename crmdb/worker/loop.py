@@ -23,6 +23,9 @@ from crmdb.worker.batch import BatchResult, run_batch
 from crmdb.worker.logs import log
 
 WAIT_SLICE = 0.25  # seconds between checks of the stop flag while idle
+# At least this long between batches that found nothing: an event that is due but not
+# claimable now (its customer is being changed by someone) must not make a busy loop.
+MIN_WAIT = 0.1
 
 
 @dataclass
@@ -122,7 +125,7 @@ class Worker:
         row = conn.execute(query("next_routing_due")).fetchone()
         wait = self.options.poll_seconds
         if row is not None and row[0] is not None:
-            wait = min(wait, max(0.0, (row[0] - _now(row[0])).total_seconds()))
+            wait = min(wait, max(MIN_WAIT, (row[0] - _now(row[0])).total_seconds()))
         deadline = time.monotonic() + wait
         while not self._stopping:
             left = deadline - time.monotonic()

@@ -11,6 +11,8 @@ Times are pinned: MONDAY is 2030-01-07 09:00 in Ho Chi Minh City; events recorde
 real now() are due long before it.
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -147,6 +149,16 @@ def build_routing_org(db: ScratchDatabase) -> RoutingOrg:
         project = "p2" if key == "o1" else "p1"
         admin.add_project_member(conn, project, role, "sales", "sales_rep")
     return RoutingOrg(db, conn, ids)
+
+
+@contextmanager
+def routing_org(db: ScratchDatabase) -> Iterator[RoutingOrg]:
+    """build_routing_org, closing its connection afterwards (for a fixture)."""
+    org = build_routing_org(db)
+    try:
+        yield org
+    finally:
+        org.conn.close()
 
 
 def at(day: datetime, hours: float) -> datetime:

@@ -4,18 +4,15 @@ contracts go on by the rules, or to a named successor; nothing keeps a departed 
 from collections.abc import Iterator
 
 import pytest
-from routing_org import RoutingOrg, build_routing_org
+from routing_org import RoutingOrg, routing_org
 
 from crmdb import admin
 
 
 @pytest.fixture
 def org(db) -> Iterator[RoutingOrg]:
-    routing = build_routing_org(db)
-    try:
+    with routing_org(db) as routing:
         yield routing
-    finally:
-        routing.conn.close()
 
 
 def give_work(org: RoutingOrg, owner: str, customers: int) -> list[int]:

@@ -9,18 +9,15 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-from routing_org import MONDAY, SATURDAY, RoutingOrg, at, build_routing_org
+from routing_org import MONDAY, SATURDAY, RoutingOrg, at, routing_org
 
 from crmdb.worker.batch import run_batch
 
 
 @pytest.fixture
 def org(db) -> Iterator[RoutingOrg]:
-    routing = build_routing_org(db)
-    try:
+    with routing_org(db) as routing:
         yield routing
-    finally:
-        routing.conn.close()
 
 
 def spread(counts: dict[str | None, int]) -> int:
@@ -193,6 +190,21 @@ def test_outside_business_hours_customers_wait_for_the_opening(org):
     # Expect them assigned once the team opens
     assert org.route(now=at(MONDAY, -1)).assigned == 2
     assert None not in org.owners(new)
+
+
+def test_the_next_due_time_ignores_events_waiting_behind_a_deferred_one(org):
+    org.conn.execute(
+        "INSERT INTO crm.business_hours SELECT (SELECT id FROM crm.org_units WHERE code = 'sales'),"
+        " d, '08:00', '17:00' FROM generate_series(1, 5) AS d"
+    )
+    org.rule("office", target_org_unit="sales", hours_org_unit="sales")
+    (customer,) = org.customers(1)
+    org.route(now=SATURDAY)
+    org.conn.execute("UPDATE crm.customers SET stage = 'qualified' WHERE id = %s", [customer])
+    # Expect the worker told to sleep until Monday 08:00: the stage change is due now but
+    # waits behind the deferred creation, so it must not keep the worker spinning
+    assert org.conn.execute("SELECT crm_private.next_routing_due()").fetchone() == (at(MONDAY, -1),)
+    assert org.route(now=SATURDAY).claimed == 0
 
 
 def test_business_minutes_skip_the_night_and_the_weekend(org):

@@ -11,6 +11,8 @@ import psycopg
 import pytest
 from policy_org import PolicyOrg, build_policy_org
 
+from crmdb.worker.batch import drain
+
 RULE = (
     "INSERT INTO crm.routing_rules (project_id, name, target_org_unit_id)"
     " VALUES (crm_private.project_id(%s), %s,"
@@ -150,3 +152,26 @@ def test_policy_plan_leaves_the_fixed_notification_policies_alone(org):
         # Expect nothing to change after apply: the crmdb_* policies are not the plan's
         assert make_plan(conn, load_desired()).statements == []
         conn.rollback()
+
+
+def test_a_call_center_lead_reaches_a_rep_through_the_engine(org):
+    with org.db.connect() as conn:
+        conn.execute(RULE, ["saoviet.crm", "inbound"])
+    with org.connect_as("cc") as conn:
+        row = conn.execute(
+            "INSERT INTO crm.customers (project_id, full_name, source)"
+            " VALUES (crm_private.project_id('saoviet.crm'), 'Khách gọi đến', 'call_center')"
+            " RETURNING id"
+        ).fetchone()
+        assert row is not None
+        lead = row[0]
+    with org.db.connect() as conn:
+        drain(conn)
+        owner = conn.execute("SELECT owner_id FROM crm.customers WHERE id = %s", [lead]).fetchone()
+    assert owner is not None and owner[0] in {org.emp(k) for k in ("mgr_hn", "rep_a", "rep_b")}
+    key = next(k for k in ("mgr_hn", "rep_a", "rep_b") if org.emp(k) == owner[0])
+    with org.connect_as(key) as conn:
+        # Expect the new owner to see the lead and their notification about it
+        assert count(conn, "SELECT count(*) FROM crm.customers WHERE id = %s", [lead]) == 1
+        notes = conn.execute("SELECT kind, customer_id FROM crm.notifications").fetchall()
+        assert notes == [("assigned", lead)]

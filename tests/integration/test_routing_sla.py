@@ -4,19 +4,16 @@ after the allowed hops escalates to the owner's manager. The clock is pinned."""
 from collections.abc import Iterator
 
 import pytest
-from routing_org import MONDAY, RoutingOrg, at, build_routing_org
+from routing_org import MONDAY, RoutingOrg, at, routing_org
 
 
 @pytest.fixture
 def org(db) -> Iterator[RoutingOrg]:
-    routing = build_routing_org(db)
-    routing.rule(
-        "sla", target_org_unit="sales", strategy="round_robin", sla_minutes=30, sla_max_hops=1
-    )
-    try:
+    with routing_org(db) as routing:
+        routing.rule(
+            "sla", target_org_unit="sales", strategy="round_robin", sla_minutes=30, sla_max_hops=1
+        )
         yield routing
-    finally:
-        routing.conn.close()
 
 
 def notes(org: RoutingOrg, customer: int) -> list[tuple[str | None, str]]:
@@ -106,3 +103,22 @@ def test_sla_in_business_hours_waits_over_the_night(org):
     assert org.route(now=at(MONDAY, 23.4)).assigned == 0
     assert org.route(now=at(MONDAY, 23.5)).assigned == 1
     assert [h[4] for h in org.history(customer)] == ["new", "sla"]
+
+
+def test_keep_with_team_hops_to_a_team_mate_not_back_to_the_owner(org):
+    org.rule(
+        "team-sla",
+        priority=1,
+        target_org_unit="care",
+        strategy="keep_with_team",
+        sla_minutes=30,
+        sla_max_hops=1,
+    )
+    (customer,) = org.customers(1)
+    org.route(now=MONDAY)
+    first = org.owners([customer])[0]
+    org.route(now=at(MONDAY, 0.6))
+    # Expect the hop to stay in the unresponsive owner's team, never back to them
+    assert first in ("c1", "c2")
+    assert org.owners([customer]) == [{"c1": "c2", "c2": "c1"}[first]]
+    assert org.history(customer)[1][3:5] == ("keep_with_team", "sla")

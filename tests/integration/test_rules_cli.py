@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from routing_org import RoutingOrg, build_routing_org
+from routing_org import RoutingOrg, routing_org
 
 from crmdb.cli import main
 from crmdb.testing.scratch import ScratchDatabase
@@ -42,11 +42,8 @@ STATE = (
 
 @pytest.fixture
 def org(db: ScratchDatabase) -> Iterator[RoutingOrg]:
-    routing = build_routing_org(db)
-    try:
+    with routing_org(db) as routing:
         yield routing
-    finally:
-        routing.conn.close()
 
 
 def crmdb(db: ScratchDatabase, *args: str) -> Result:

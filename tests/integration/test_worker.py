@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 
 import psycopg
 import pytest
-from routing_org import RoutingOrg, build_routing_org
+from routing_org import RoutingOrg, routing_org
 
 from crmdb.worker.batch import drain
 from crmdb.worker.loop import Worker, WorkerOptions
@@ -32,11 +32,8 @@ TIMEOUT = 60.0
 
 @pytest.fixture
 def org(db) -> Iterator[RoutingOrg]:
-    routing = build_routing_org(db)
-    try:
+    with routing_org(db) as routing:
         yield routing
-    finally:
-        routing.conn.close()
 
 
 def wait_for(condition: Callable[[], bool], what: str) -> None:
