@@ -13,7 +13,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from crmdb import __version__, admin, migrate
-from crmdb.db import Target, connect, resolve_target, server_error
+from crmdb.db import Target, as_role, connect, resolve_target, server_error
 from crmdb.errors import CrmdbError
 from crmdb.policies.model import PolicyError
 from crmdb.queries import query
@@ -463,18 +463,35 @@ def policy_test(dsn: str | None, directory: str | None) -> None:
 @click.argument("record_id", type=int)
 @click.option("--table", default="customers", show_default=True)
 def explain_access(dsn: str | None, employee: str, record_id: int, table: str) -> None:
-    """Every path by which EMPLOYEE may see, change or export a record."""
+    """Every path by which EMPLOYEE may see, change or export a record, and which of its
+    field groups EMPLOYEE may read and write."""
     with connect(target_for(dsn)) as conn:
         admin.employee_id(conn, employee)
         rows = conn.execute(
             query("explain_access"), {"role": employee, "table": table, "id": record_id}
         ).fetchall()
+        fields = []
+        if rows:
+            # Asked as the employee: their own row policies answer
+            with as_role(conn, employee):
+                fields = conn.execute(
+                    query("explain_fields"), {"table": table, "id": record_id}
+                ).fetchall()
     if not rows:
         click.echo(f"{employee}: no access to {table} #{record_id}")
         return
     echo_rows(
         ["template", "scope", "actions", "why"], [(t, s, ", ".join(a), d) for t, s, a, d in rows]
     )
+    if fields:
+        click.echo("")
+        echo_rows(
+            ["field group", "fields", "read", "write"],
+            [
+                (g, ", ".join(c), "yes" if r else "no (NULL or masked)", "yes" if w else "no")
+                for g, c, r, w in fields
+            ],
+        )
 
 
 @main.command("lint")

@@ -654,29 +654,47 @@ def activity_rows(
         _report(progress, "activities", i + 1, total)
 
 
+# Tables whose rows the generators produce wide (every field) but the database keeps
+# split: core in the table, each field group in its side table (docs/field-security.md).
+# Their rows go through a staging table and named queries that split them.
+SPLIT = {
+    "crm.customers": ("customers_from_stage", "customer_groups_from_stage"),
+    "crm.contracts": ("contracts_from_stage", "contract_groups_from_stage"),
+}
+
+
 def copy_rows(
     conn: psycopg.Connection, name: str, table: str, rows: Iterable[Row], *, direct: bool
 ) -> int:
     """COPY rows into `table` ("crm.customers") with the named COPY query; returns the count.
 
     `direct` is false where RLS applies to the session (a non-superuser DBA): COPY FROM
-    is refused on such tables, so rows go into a temporary staging table first.
+    is refused on such tables, so rows go into a temporary staging table first. Tables
+    with field groups are always staged, then split into the table and its groups.
     """
     schema, relname = table.split(".")
     target = sql.Identifier(schema, relname)
     stage = sql.Identifier(f"crmdb_stage_{relname}")
-    if not direct:
+    split = SPLIT.get(table)
+    staged = split is not None or not direct
+    if split:
+        conn.execute(query(f"create_{relname}_stage", SQL_FILE).format(stage=stage))
+    elif staged:
         conn.execute(query("create_stage", SQL_FILE).format(stage=stage, table=target))
     count = 0
     with (
         conn.cursor() as cur,
-        cur.copy(query(name, SQL_FILE).format(table=target if direct else stage)) as copy,
+        cur.copy(query(name, SQL_FILE).format(table=stage if staged else target)) as copy,
     ):
         for row in rows:
             copy.write_row(row)
             count += 1
-    if not direct:
+    if split:
+        for step in split:
+            conn.execute(query(step, SQL_FILE).format(stage=stage))
+    elif staged:
         conn.execute(query("insert_from_stage", SQL_FILE).format(table=target, stage=stage))
+    if staged:
         conn.execute(query("drop_stage", SQL_FILE).format(stage=stage))
     return count
 

@@ -12,9 +12,9 @@ RETURNING id
 
 -- fixture_contract --
 -- One fixture contract, in its customer's project
-INSERT INTO crm.contracts (customer_id, project_id, owner_id, title, amount, status, signed_at)
+INSERT INTO crm.contracts (customer_id, project_id, owner_id, title, status, signed_at)
 SELECT c.id, c.project_id, (SELECT e.id FROM crm.employees AS e WHERE e.role_name = %(owner)s),
-       %(title)s, 1000000, %(status)s::crm.contract_status,
+       %(title)s, %(status)s::crm.contract_status,
        CASE WHEN %(status)s = 'won' THEN now() END
   FROM crm.customers AS c
  WHERE c.id = %(customer)s

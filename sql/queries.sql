@@ -245,6 +245,11 @@ SELECT template, scope, actions, detail
   FROM crm_private.access_paths(%(role)s, %(table)s, %(id)s)
  ORDER BY template, scope
 
+-- explain_fields --
+-- The field groups of a record the current role (SET LOCAL ROLE to the employee) may
+-- read and write
+SELECT field_group, columns, readable, writable FROM crm.explain_fields(%(table)s, %(id)s)
+
 -- employee_id_by_role --
 -- An employee's id, or an error naming the unknown employee
 SELECT (crm_private.employee_by_role(%(role)s)).id
@@ -316,3 +321,13 @@ SELECT crm_private.next_routing_due()
 -- offboard_employee --
 -- Mark an employee departed; the worker hands their open work to the successor or rules
 SELECT crm_admin.offboard_employee(%(role)s, %(successor)s)
+
+-- api_views --
+-- crm_api's views and the comment crmdb policy apply left on each (with its script's hash)
+SELECT format('crm_api.%I', c.relname), pg_catalog.obj_description(c.oid, 'pg_class')
+  FROM pg_catalog.pg_class AS c
+ WHERE c.relnamespace = 'crm_api'::regnamespace AND c.relkind = 'v'
+
+-- field_masks --
+-- Masked fields as crmdb policy apply last wrote them
+SELECT table_name, column_name, keep_last FROM crm_private.field_masks

@@ -167,19 +167,8 @@ CREATE TABLE crm.customers (
     project_id        bigint NOT NULL REFERENCES crm.projects (id),
     org_unit_id       bigint REFERENCES crm.org_units (id),
     owner_id          bigint REFERENCES crm.employees (id),
-    -- contact fields
     full_name         text NOT NULL CHECK (full_name <> ''),
-    phone             text,
-    email             text,
-    address           text,
     province          text,
-    -- sensitive fields
-    bank_account      text,
-    bank_name         text,
-    tax_code          text,
-    financial_notes   text,
-    -- internal
-    notes             text,
     stage             crm.customer_stage NOT NULL DEFAULT 'lead',
     source            crm.source_channel NOT NULL DEFAULT 'manual',
     score             integer NOT NULL DEFAULT 0 CHECK (score BETWEEN 0 AND 100),
@@ -187,31 +176,26 @@ CREATE TABLE crm.customers (
     created_by        bigint REFERENCES crm.employees (id),
     assigned_at       timestamptz,
     created_at        timestamptz NOT NULL DEFAULT now(),
-    updated_at        timestamptz NOT NULL DEFAULT now()
+    updated_at        timestamptz NOT NULL DEFAULT now(),
+    -- Field groups (contact, financial, internal notes) live in side tables
+    -- crm.customers__<group>; see "Field groups" below.
+    phone_mask        text
 );
 CREATE INDEX customers_owner_id_created_at_idx ON crm.customers (owner_id, created_at DESC);
 CREATE INDEX customers_project_id_idx ON crm.customers (project_id);
 CREATE INDEX customers_org_unit_id_idx ON crm.customers (org_unit_id);
 CREATE INDEX customers_created_at_idx ON crm.customers (created_at DESC);
-CREATE INDEX customers_phone_idx ON crm.customers (phone);
 CREATE INDEX customers_stage_idx ON crm.customers (stage);
 COMMENT ON TABLE crm.customers IS 'Customers and leads; who sees which row is decided by the role templates';
 COMMENT ON COLUMN crm.customers.project_id IS 'The CRM workspace the customer belongs to';
 COMMENT ON COLUMN crm.customers.org_unit_id IS 'The team responsible for the customer';
 COMMENT ON COLUMN crm.customers.owner_id IS 'The employee caring for the customer; NULL while waiting in a routing queue';
 COMMENT ON COLUMN crm.customers.full_name IS 'Contact field';
-COMMENT ON COLUMN crm.customers.phone IS 'Contact field';
-COMMENT ON COLUMN crm.customers.email IS 'Contact field';
-COMMENT ON COLUMN crm.customers.address IS 'Contact field';
 COMMENT ON COLUMN crm.customers.province IS 'Contact field; region used by routing rules';
-COMMENT ON COLUMN crm.customers.bank_account IS 'Sensitive (financial) field';
-COMMENT ON COLUMN crm.customers.bank_name IS 'Sensitive (financial) field';
-COMMENT ON COLUMN crm.customers.tax_code IS 'Sensitive (financial) field';
-COMMENT ON COLUMN crm.customers.financial_notes IS 'Sensitive (financial) field';
-COMMENT ON COLUMN crm.customers.notes IS 'Internal notes';
 COMMENT ON COLUMN crm.customers.stage IS 'Lifecycle stage: lead, qualified, opportunity, customer, after_sales, lost';
 COMMENT ON COLUMN crm.customers.source IS 'Channel the record came from';
 COMMENT ON COLUMN crm.customers.score IS 'Lead score 0-100, used by routing rules';
+COMMENT ON COLUMN crm.customers.phone_mask IS 'The phone as masked readers see it (policies/fields.yaml); kept by crm_private.refresh_masks';
 COMMENT ON COLUMN crm.customers.assigned_at IS 'When the current owner was assigned (SLA clocks start here)';
 
 CREATE TABLE crm.contracts (
@@ -220,12 +204,8 @@ CREATE TABLE crm.contracts (
     project_id      bigint NOT NULL REFERENCES crm.projects (id),
     owner_id        bigint REFERENCES crm.employees (id),
     title           text NOT NULL CHECK (title <> ''),
-    amount          numeric(18, 2) NOT NULL DEFAULT 0 CHECK (amount >= 0),
     currency        char(3) NOT NULL DEFAULT 'VND',
     status          crm.contract_status NOT NULL DEFAULT 'draft',
-    payment_method  text,
-    bank_account    text,
-    bank_name       text,
     signed_at       timestamptz,
     created_at      timestamptz NOT NULL DEFAULT now(),
     updated_at      timestamptz NOT NULL DEFAULT now(),
@@ -236,10 +216,6 @@ CREATE INDEX contracts_owner_id_idx ON crm.contracts (owner_id);
 CREATE INDEX contracts_project_id_idx ON crm.contracts (project_id);
 COMMENT ON TABLE crm.contracts IS 'Deals and contracts of a customer (sales solution)';
 COMMENT ON COLUMN crm.contracts.owner_id IS 'The sales rep who owns the contract';
-COMMENT ON COLUMN crm.contracts.amount IS 'Sensitive (financial) field: contract money';
-COMMENT ON COLUMN crm.contracts.payment_method IS 'Sensitive (financial) field';
-COMMENT ON COLUMN crm.contracts.bank_account IS 'Sensitive (financial) field';
-COMMENT ON COLUMN crm.contracts.bank_name IS 'Sensitive (financial) field';
 COMMENT ON COLUMN crm.contracts.signed_at IS 'Set exactly when the contract is won';
 
 CREATE TABLE crm.activities (
@@ -2287,5 +2263,370 @@ $$;
 
 -- Trigger code only: nobody else may call them.
 REVOKE EXECUTE ON FUNCTION crm_private.assign_id(), crm_private.change_project(jsonb) FROM PUBLIC;
+
+RESET ROLE;
+
+-- Field groups (migration 0006) -------------------------------------------------------
+-- Hidden fields live in relations whose row policies decide: each field group other
+-- than core is a 1:1 side table crm.<table>__<group> with the parent's anchors copied
+-- (docs/field-security.md). crm_api's views are generated by crmdb policy apply.
+
+CREATE SCHEMA crm_api AUTHORIZATION crmdb_owner;
+SET ROLE crmdb_owner;
+
+COMMENT ON SCHEMA crm_api IS 'Views employees read and write: one per protected table, every field group joined in; generated by crmdb policy apply (security_invoker)';
+GRANT USAGE ON SCHEMA crm_api TO crmdb_employee;
+
+-- Masks -------------------------------------------------------------------------------
+
+CREATE FUNCTION crm_private.mask_text(p_value text, p_keep_last integer) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
+RETURN CASE WHEN p_value IS NOT NULL
+            THEN repeat('*', greatest(length(p_value) - p_keep_last, 0))
+                 || right(p_value, least(p_keep_last, length(p_value))) END;
+COMMENT ON FUNCTION crm_private.mask_text(text, integer) IS 'A value with all but its last p_keep_last characters as *';
+
+CREATE TABLE crm_private.field_masks (
+    table_name   text NOT NULL,
+    column_name  text NOT NULL,
+    keep_last    integer NOT NULL CHECK (keep_last BETWEEN 0 AND 8),
+    PRIMARY KEY (table_name, column_name)
+);
+COMMENT ON TABLE crm_private.field_masks IS 'Masked fields (policies/fields.yaml): the parent keeps <column>_mask up to date; written by crmdb policy apply';
+ALTER TABLE crm_private.field_masks ENABLE ROW LEVEL SECURITY;
+ALTER TABLE crm_private.field_masks FORCE ROW LEVEL SECURITY;
+CREATE POLICY crmdb_owner_all ON crm_private.field_masks TO crmdb_owner USING (true) WITH CHECK (true);
+
+-- Side tables -------------------------------------------------------------------------
+
+CREATE TABLE crm.customers__contact (
+    id           bigint PRIMARY KEY REFERENCES crm.customers (id) ON DELETE CASCADE,
+    project_id   bigint NOT NULL,
+    org_unit_id  bigint,
+    owner_id     bigint,
+    phone        text,
+    email        text,
+    address      text,
+    custom       jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(custom) = 'object')
+);
+CREATE INDEX customers__contact_phone_idx ON crm.customers__contact (phone);
+COMMENT ON TABLE crm.customers__contact IS 'Field group contact of crm.customers (phone, email, address); anchors copied from the customer';
+
+CREATE TABLE crm.customers__financial (
+    id               bigint PRIMARY KEY REFERENCES crm.customers (id) ON DELETE CASCADE,
+    project_id       bigint NOT NULL,
+    org_unit_id      bigint,
+    owner_id         bigint,
+    bank_account     text,
+    bank_name        text,
+    tax_code         text,
+    financial_notes  text,
+    custom           jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(custom) = 'object')
+);
+COMMENT ON TABLE crm.customers__financial IS 'Field group financial of crm.customers (bank account, tax code); anchors copied from the customer';
+
+CREATE TABLE crm.customers__internal_notes (
+    id           bigint PRIMARY KEY REFERENCES crm.customers (id) ON DELETE CASCADE,
+    project_id   bigint NOT NULL,
+    org_unit_id  bigint,
+    owner_id     bigint,
+    notes        text,
+    custom       jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(custom) = 'object')
+);
+COMMENT ON TABLE crm.customers__internal_notes IS 'Field group internal_notes of crm.customers; anchors copied from the customer';
+
+CREATE TABLE crm.contracts__financial (
+    id              bigint PRIMARY KEY REFERENCES crm.contracts (id) ON DELETE CASCADE,
+    project_id      bigint NOT NULL,
+    owner_id        bigint,
+    customer_id     bigint NOT NULL,
+    amount          numeric(18, 2) NOT NULL DEFAULT 0 CHECK (amount >= 0),
+    payment_method  text,
+    bank_account    text,
+    bank_name       text,
+    custom          jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(custom) = 'object')
+);
+CREATE INDEX contracts__financial_customer_id_idx ON crm.contracts__financial (customer_id);
+COMMENT ON TABLE crm.contracts__financial IS 'Field group financial of crm.contracts (contract money, bank account); anchors copied from the contract';
+
+DO $$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['customers__contact', 'customers__financial',
+                             'customers__internal_notes', 'contracts__financial'] LOOP
+        EXECUTE pg_catalog.format('ALTER TABLE crm.%I ENABLE ROW LEVEL SECURITY', t);
+        EXECUTE pg_catalog.format('ALTER TABLE crm.%I FORCE ROW LEVEL SECURITY', t);
+        EXECUTE pg_catalog.format(
+            'CREATE POLICY crmdb_owner_all ON crm.%I TO crmdb_owner USING (true) WITH CHECK (true)', t);
+    END LOOP;
+END
+$$;
+
+-- Triggers ----------------------------------------------------------------------------
+
+-- Side rows are created with their parents, as the owner: employees never insert them
+-- (nothing to forge), and every parent has exactly one row per group.
+CREATE FUNCTION crm_private.create_field_rows() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_TABLE_NAME = 'customers' THEN
+        INSERT INTO crm.customers__contact (id, project_id, org_unit_id, owner_id)
+        SELECT n.id, n.project_id, n.org_unit_id, n.owner_id FROM new_rows AS n
+        ON CONFLICT (id) DO NOTHING;
+        INSERT INTO crm.customers__financial (id, project_id, org_unit_id, owner_id)
+        SELECT n.id, n.project_id, n.org_unit_id, n.owner_id FROM new_rows AS n
+        ON CONFLICT (id) DO NOTHING;
+        INSERT INTO crm.customers__internal_notes (id, project_id, org_unit_id, owner_id)
+        SELECT n.id, n.project_id, n.org_unit_id, n.owner_id FROM new_rows AS n
+        ON CONFLICT (id) DO NOTHING;
+    ELSIF TG_TABLE_NAME = 'contracts' THEN
+        INSERT INTO crm.contracts__financial (id, project_id, owner_id, customer_id)
+        SELECT n.id, n.project_id, n.owner_id, n.customer_id FROM new_rows AS n
+        ON CONFLICT (id) DO NOTHING;
+    END IF;
+    RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION crm_private.create_field_rows() IS 'AFTER INSERT statement trigger on customers and contracts: one row per field group, anchors copied';
+
+CREATE FUNCTION crm_private.copy_anchors() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_TABLE_NAME = 'customers' THEN
+        UPDATE crm.customers__contact
+           SET project_id = NEW.project_id, org_unit_id = NEW.org_unit_id, owner_id = NEW.owner_id
+         WHERE id = NEW.id;
+        UPDATE crm.customers__financial
+           SET project_id = NEW.project_id, org_unit_id = NEW.org_unit_id, owner_id = NEW.owner_id
+         WHERE id = NEW.id;
+        UPDATE crm.customers__internal_notes
+           SET project_id = NEW.project_id, org_unit_id = NEW.org_unit_id, owner_id = NEW.owner_id
+         WHERE id = NEW.id;
+    ELSIF TG_TABLE_NAME = 'contracts' THEN
+        UPDATE crm.contracts__financial
+           SET project_id = NEW.project_id, owner_id = NEW.owner_id, customer_id = NEW.customer_id
+         WHERE id = NEW.id;
+    END IF;
+    RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION crm_private.copy_anchors() IS 'AFTER UPDATE row trigger on customers and contracts (when an anchor changed): the field groups'' copies follow';
+
+-- Masks and anchor copies are the owner's to write (its triggers, DBA loads): a fake
+-- mask would mislead masked readers, a moved copy would detach a group from its row.
+-- SECURITY INVOKER on purpose: current_user is whoever runs the statement, crmdb_owner
+-- inside crmdb's own definer triggers.
+CREATE FUNCTION crm_private.keep_derived() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_new jsonb := to_jsonb(NEW);
+    v_old jsonb := CASE WHEN TG_OP = 'UPDATE' THEN to_jsonb(OLD) END;
+    v_column text;
+BEGIN
+    IF pg_catalog.pg_has_role(current_user, 'crmdb_owner', 'MEMBER') THEN
+        RETURN NEW;
+    END IF;
+    FOREACH v_column IN ARRAY TG_ARGV LOOP
+        IF (v_new -> v_column) IS DISTINCT FROM coalesce(v_old -> v_column, 'null') THEN
+            RAISE EXCEPTION 'crmdb: %.% is kept by crmdb and cannot be written', TG_TABLE_NAME, v_column
+                USING ERRCODE = 'insufficient_privilege',
+                      HINT = CASE WHEN TG_TABLE_NAME LIKE '%\_\_%'
+                                  THEN 'change the row it belongs to; its field groups follow'
+                                  ELSE 'write the field; its mask follows' END;
+        END IF;
+    END LOOP;
+    RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION crm_private.keep_derived() IS 'BEFORE trigger: refuses employees'' writes to the columns named as arguments (masks, field groups'' anchor copies)';
+
+CREATE FUNCTION crm_private.refresh_masks() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_parent text := split_part(TG_TABLE_NAME, '__', 1);
+    v_row jsonb := CASE WHEN TG_OP = 'DELETE' THEN NULL ELSE to_jsonb(NEW) END;
+    m record;
+BEGIN
+    -- Dynamic SQL, but only for masked columns and only when the group is written.
+    FOR m IN SELECT f.column_name, f.keep_last FROM crm_private.field_masks AS f
+              WHERE f.table_name = v_parent AND v_row ? f.column_name LOOP
+        EXECUTE pg_catalog.format(
+            'UPDATE crm.%I SET %I = crm_private.mask_text($1, $2) WHERE id = $3'
+            ' AND %2$I IS DISTINCT FROM crm_private.mask_text($1, $2)',
+            v_parent, m.column_name || '_mask')
+        USING v_row ->> m.column_name, m.keep_last, NEW.id;
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION crm_private.refresh_masks() IS 'AFTER trigger on field group tables: writes the mask of each masked column into the parent (<column>_mask)';
+
+CREATE TRIGGER _040_keep_derived BEFORE INSERT OR UPDATE OF phone_mask ON crm.customers
+    FOR EACH ROW EXECUTE FUNCTION crm_private.keep_derived('phone_mask');
+CREATE TRIGGER _400_field_rows AFTER INSERT ON crm.customers
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION crm_private.create_field_rows();
+CREATE TRIGGER _400_field_rows AFTER INSERT ON crm.contracts
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION crm_private.create_field_rows();
+CREATE TRIGGER _410_field_anchors AFTER UPDATE OF project_id, org_unit_id, owner_id ON crm.customers
+    FOR EACH ROW
+    WHEN ((OLD.project_id, OLD.org_unit_id, OLD.owner_id)
+          IS DISTINCT FROM (NEW.project_id, NEW.org_unit_id, NEW.owner_id))
+    EXECUTE FUNCTION crm_private.copy_anchors();
+CREATE TRIGGER _410_field_anchors AFTER UPDATE OF project_id, owner_id, customer_id ON crm.contracts
+    FOR EACH ROW
+    WHEN ((OLD.project_id, OLD.owner_id, OLD.customer_id)
+          IS DISTINCT FROM (NEW.project_id, NEW.owner_id, NEW.customer_id))
+    EXECUTE FUNCTION crm_private.copy_anchors();
+CREATE TRIGGER _400_masks AFTER UPDATE OF phone ON crm.customers__contact
+    FOR EACH ROW WHEN (OLD.phone IS DISTINCT FROM NEW.phone)
+    EXECUTE FUNCTION crm_private.refresh_masks();
+
+-- The audit trail: a group's changes are logged under its table name; anchors copied
+-- from the parent are not changes of the group (the parent's row says it).
+CREATE OR REPLACE FUNCTION crm_private.record_changes() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_actor name := crm_private.acting_role();
+    v_employee bigint;
+    v_columns text[];
+    -- Trigger arguments: columns whose changes alone are not logged.
+    v_quiet text[] := ARRAY['updated_at'] || coalesce(TG_ARGV, '{}'::text[]);
+BEGIN
+    -- Statement-level with transition tables: one INSERT per statement, not per row.
+    -- Each row is made jsonb once (MATERIALIZED: not recomputed at every reference).
+    SELECT e.id INTO v_employee FROM crm.employees AS e WHERE e.role_name = v_actor;
+    SELECT array_agg(a.attname::text ORDER BY a.attname) INTO v_columns
+      FROM pg_catalog.pg_attribute AS a
+     WHERE a.attrelid = TG_RELID AND a.attnum > 0 AND NOT a.attisdropped;
+
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO crm.change_log (table_name, record_id, action, changed_fields,
+                                    old_values, new_values, actor_role, actor_employee_id,
+                                    project_id)
+        WITH r AS MATERIALIZED (SELECT n.id, to_jsonb(n) AS nj FROM new_rows AS n)
+        SELECT TG_TABLE_NAME, r.id, 'INSERT', v_columns, NULL, r.nj, v_actor, v_employee,
+               crm_private.change_project(r.nj)
+          FROM r;
+    ELSIF TG_OP = 'DELETE' THEN
+        INSERT INTO crm.change_log (table_name, record_id, action, changed_fields,
+                                    old_values, new_values, actor_role, actor_employee_id,
+                                    project_id)
+        WITH r AS MATERIALIZED (SELECT o.id, to_jsonb(o) AS oj FROM old_rows AS o)
+        SELECT TG_TABLE_NAME, r.id, 'DELETE', v_columns, r.oj, NULL, v_actor, v_employee,
+               crm_private.change_project(r.oj)
+          FROM r;
+    ELSE
+        INSERT INTO crm.change_log (table_name, record_id, action, changed_fields,
+                                    old_values, new_values, actor_role, actor_employee_id,
+                                    project_id)
+        -- Compared key by key; rows where only quiet columns changed are not logged.
+        WITH r AS MATERIALIZED (
+            SELECT n.id, to_jsonb(n) AS nj, to_jsonb(o) AS oj
+              FROM new_rows AS n
+              JOIN old_rows AS o ON o.id = n.id
+        )
+        SELECT TG_TABLE_NAME, r.id, 'UPDATE', d.fields, d.old_values, d.new_values,
+               v_actor, v_employee, crm_private.change_project(r.nj)
+          FROM r
+         CROSS JOIN LATERAL (
+              SELECT array_agg(k ORDER BY k) AS fields,
+                     jsonb_object_agg(k, r.oj -> k) AS old_values,
+                     jsonb_object_agg(k, r.nj -> k) AS new_values
+                FROM jsonb_object_keys(r.nj) AS k
+               WHERE k <> ALL (v_quiet) AND (r.nj -> k) IS DISTINCT FROM (r.oj -> k)
+          ) AS d
+         WHERE d.fields IS NOT NULL;
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+DO $$
+DECLARE
+    t text;
+    v_anchors text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['customers__contact', 'customers__financial',
+                             'customers__internal_notes', 'contracts__financial'] LOOP
+        v_anchors := CASE WHEN t LIKE 'customers%' THEN '''project_id'', ''org_unit_id'', ''owner_id'''
+                          ELSE '''project_id'', ''owner_id'', ''customer_id''' END;
+        EXECUTE pg_catalog.format(
+            'CREATE TRIGGER _500_audit_update AFTER UPDATE ON crm.%I REFERENCING OLD TABLE AS old_rows'
+            ' NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION crm_private.record_changes(%s)',
+            t, v_anchors);
+        EXECUTE pg_catalog.format(
+            'CREATE TRIGGER _500_audit_delete AFTER DELETE ON crm.%I REFERENCING OLD TABLE AS old_rows'
+            ' FOR EACH STATEMENT EXECUTE FUNCTION crm_private.record_changes()', t);
+        EXECUTE pg_catalog.format(
+            'CREATE TRIGGER _040_keep_derived BEFORE UPDATE OF %s ON crm.%I'
+            ' FOR EACH ROW EXECUTE FUNCTION crm_private.keep_derived(%s)',
+            replace(v_anchors, '''', ''), t, v_anchors);
+    END LOOP;
+END
+$$;
+
+-- Trigger code only: nobody else may call them.
+REVOKE EXECUTE ON FUNCTION crm_private.create_field_rows(), crm_private.copy_anchors(),
+    crm_private.keep_derived(), crm_private.refresh_masks() FROM PUBLIC;
+
+-- Explain fields -----------------------------------------------------------------------
+
+-- SECURITY INVOKER: the answer is what the caller's own privileges and row policies do
+-- on each group's table (a read, and an update rolled back), never a second model.
+CREATE FUNCTION crm.explain_fields(p_table text, p_id bigint)
+RETURNS TABLE (field_group text, columns text[], readable boolean, writable boolean)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_side regclass;
+    v_rows bigint;
+BEGIN
+    FOR v_side, field_group IN
+        SELECT c.oid::regclass, substr(c.relname, length(p_table) + 3)
+          FROM pg_catalog.pg_class AS c
+         WHERE c.relnamespace = 'crm'::regnamespace AND c.relkind = 'r'
+           AND starts_with(c.relname, p_table || '__')
+         ORDER BY c.relname
+    LOOP
+        columns := ARRAY(
+            SELECT a.attname::text FROM pg_catalog.pg_attribute AS a
+             WHERE a.attrelid = v_side AND a.attnum > 0 AND NOT a.attisdropped
+               AND a.attname NOT IN ('id', 'project_id', 'org_unit_id', 'owner_id', 'customer_id',
+                                     'custom')
+             ORDER BY a.attnum);
+        BEGIN
+            EXECUTE pg_catalog.format('SELECT count(*) FROM %s WHERE id = $1', v_side)
+               INTO v_rows USING p_id;
+            readable := v_rows = 1;
+        EXCEPTION WHEN insufficient_privilege THEN
+            readable := false;
+        END;
+        writable := false;
+        IF readable THEN
+            BEGIN
+                EXECUTE pg_catalog.format('UPDATE %s SET custom = custom WHERE id = $1', v_side)
+                  USING p_id;
+                GET DIAGNOSTICS v_rows = ROW_COUNT;
+                writable := v_rows = 1;
+                RAISE EXCEPTION USING ERRCODE = 'P0004';  -- undo the probe
+            EXCEPTION WHEN insufficient_privilege OR assert_failure THEN
+                NULL;
+            END;
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+COMMENT ON FUNCTION crm.explain_fields(text, bigint) IS 'Which field groups of a record (table name, id) the current employee may read and write; hidden groups read as NULL (or their mask) in crm_api';
+REVOKE EXECUTE ON FUNCTION crm.explain_fields(text, bigint), crm_private.mask_text(text, integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION crm.explain_fields(text, bigint) TO crmdb_employee;
 
 RESET ROLE;

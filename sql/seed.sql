@@ -93,14 +93,84 @@ INSERT INTO {table} SELECT * FROM {stage}
 -- Drop a staging table once its rows are moved
 DROP TABLE {stage}
 
+-- create_customers_stage --
+-- Customers as the generator writes them: core fields and every field group's
+CREATE TEMPORARY TABLE {stage} (
+    id bigint, project_id bigint, org_unit_id bigint, owner_id bigint, full_name text,
+    phone text, email text, address text, province text, bank_account text, bank_name text,
+    tax_code text, financial_notes text, notes text, stage crm.customer_stage,
+    source crm.source_channel, score integer, product_interest text, created_by bigint,
+    assigned_at timestamptz, created_at timestamptz, updated_at timestamptz
+) ON COMMIT DROP
+
+-- customers_from_stage --
+-- Core fields into crm.customers, with the phone's mask if a mask is declared
+INSERT INTO crm.customers (id, project_id, org_unit_id, owner_id, full_name, province, stage,
+                           source, score, product_interest, created_by, assigned_at,
+                           created_at, updated_at, phone_mask)
+SELECT s.id, s.project_id, s.org_unit_id, s.owner_id, s.full_name, s.province, s.stage,
+       s.source, s.score, s.product_interest, s.created_by, s.assigned_at, s.created_at,
+       s.updated_at, crm_private.mask_text(s.phone, m.keep_last)
+  FROM {stage} AS s
+  LEFT JOIN crm_private.field_masks AS m ON m.table_name = 'customers' AND m.column_name = 'phone'
+
+-- customer_groups_from_stage --
+-- Field groups into their tables: inserted (triggers off) or filled (the rows the
+-- customers' trigger made)
+WITH contact AS (
+    INSERT INTO crm.customers__contact (id, project_id, org_unit_id, owner_id, phone, email, address)
+    SELECT id, project_id, org_unit_id, owner_id, phone, email, address FROM {stage}
+    ON CONFLICT (id) DO UPDATE
+       SET phone = EXCLUDED.phone, email = EXCLUDED.email, address = EXCLUDED.address
+), financial AS (
+    INSERT INTO crm.customers__financial (id, project_id, org_unit_id, owner_id, bank_account,
+                                          bank_name, tax_code, financial_notes)
+    SELECT id, project_id, org_unit_id, owner_id, bank_account, bank_name, tax_code,
+           financial_notes
+      FROM {stage}
+    ON CONFLICT (id) DO UPDATE
+       SET bank_account = EXCLUDED.bank_account, bank_name = EXCLUDED.bank_name,
+           tax_code = EXCLUDED.tax_code, financial_notes = EXCLUDED.financial_notes
+)
+INSERT INTO crm.customers__internal_notes (id, project_id, org_unit_id, owner_id, notes)
+SELECT id, project_id, org_unit_id, owner_id, notes FROM {stage}
+ON CONFLICT (id) DO UPDATE SET notes = EXCLUDED.notes
+
 -- copy_customers --
--- Stream customers into crm.customers (or its staging table)
+-- Stream customers into their staging table
 COPY {table} (id, project_id, org_unit_id, owner_id, full_name, phone, email, address, province,
               bank_account, bank_name, tax_code, financial_notes, notes, stage, source, score,
               product_interest, created_by, assigned_at, created_at, updated_at) FROM STDIN
 
+-- create_contracts_stage --
+-- Contracts as the generator writes them: core fields and the financial group's
+CREATE TEMPORARY TABLE {stage} (
+    id bigint, customer_id bigint, project_id bigint, owner_id bigint, title text,
+    amount numeric(18, 2), currency char(3), status crm.contract_status, payment_method text,
+    bank_account text, bank_name text, signed_at timestamptz, created_at timestamptz,
+    updated_at timestamptz
+) ON COMMIT DROP
+
+-- contracts_from_stage --
+-- Core fields into crm.contracts
+INSERT INTO crm.contracts (id, customer_id, project_id, owner_id, title, currency, status,
+                           signed_at, created_at, updated_at)
+SELECT id, customer_id, project_id, owner_id, title, currency, status, signed_at, created_at,
+       updated_at
+  FROM {stage}
+
+-- contract_groups_from_stage --
+-- The financial group: inserted (triggers off) or filled (the row the trigger made)
+INSERT INTO crm.contracts__financial (id, project_id, owner_id, customer_id, amount,
+                                      payment_method, bank_account, bank_name)
+SELECT id, project_id, owner_id, customer_id, amount, payment_method, bank_account, bank_name
+  FROM {stage}
+ON CONFLICT (id) DO UPDATE
+   SET amount = EXCLUDED.amount, payment_method = EXCLUDED.payment_method,
+       bank_account = EXCLUDED.bank_account, bank_name = EXCLUDED.bank_name
+
 -- copy_contracts --
--- Stream contracts into crm.contracts (or its staging table)
+-- Stream contracts into their staging table
 COPY {table} (id, customer_id, project_id, owner_id, title, amount, currency, status,
               payment_method, bank_account, bank_name, signed_at, created_at, updated_at) FROM STDIN
 
@@ -117,5 +187,6 @@ COPY {table} (id, customer_id, grantee_employee_id, grantee_org_unit_id, access,
 -- analyze_crm --
 -- Fresh planner statistics after a bulk load
 ANALYZE crm.org_units, crm.employees, crm.projects, crm.project_members, crm.customers,
-        crm.contracts, crm.activities, crm.shares, crm.change_log,
+        crm.customers__contact, crm.customers__financial, crm.customers__internal_notes,
+        crm.contracts, crm.contracts__financial, crm.activities, crm.shares, crm.change_log,
         crm_private.manager_tree, crm_private.org_unit_tree

@@ -5,11 +5,14 @@ the catalog. Policy names are predictable: {table}__{template}__{scope}__{comman
 and each carries a COMMENT saying which template and scope produced it.
 """
 
+import hashlib
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from crmdb.policies.fields import core_columns, mask_column, side_table
 from crmdb.policies.model import PolicySet, Scope, SharingRule
-from crmdb.policies.render import render, sections
+from crmdb.policies.render import ddl, render, sections
 from crmdb.policies.tables import ACTIONS, COMMANDS, TABLES, Table
 
 MAX_NAME = 63  # PostgreSQL's NAMEDATALEN - 1
@@ -61,6 +64,10 @@ class Desired:
     access_paths: str = ""  # CREATE OR REPLACE FUNCTION crm_private.access_paths ...
     rules: tuple[SharingRule, ...] = ()  # checked against the database when planning
     audiences: dict[str, SharingRule] = field(default_factory=dict)  # rule role -> rule
+    # crm_api.<table> -> the script that (re)creates the view, its triggers and grants
+    api: dict[str, str] = field(default_factory=dict)
+    # (table, column) -> (group, characters kept) of every masked field
+    masks: dict[tuple[str, str], tuple[str, int]] = field(default_factory=dict)
 
 
 def template_role(template: str) -> str:
@@ -121,6 +128,60 @@ def _scope_policies(
         )
 
 
+def _group_policies(
+    desired: Desired, template: str, table: Table, scope: Scope
+) -> dict[str, set[str]]:
+    """Policies on the side tables of the groups `scope` names; returns the privileges
+    they need, by side table."""
+    privileges: dict[str, set[str]] = {}
+    for group in sorted(scope.read_groups):
+        side = TABLES[side_table(table.name, group)]
+        commands = ["select", "update"] if group in scope.write_groups else ["select"]
+        privileges[side.qualified] = set(commands)
+        for command in commands:
+            parts = sections(
+                render("field_group.sql.j2", t=side, s=scope, tpl=template, command=command)
+            )
+            _add(
+                desired,
+                PolicyDef(
+                    table=side.qualified,
+                    name=f"{side.name}__{template}__{scope.label}__{command}",
+                    command=command,
+                    role=template_role(template),
+                    using=parts.get("using"),
+                    check=parts.get("check"),
+                    comment=(
+                        f"crmdb: template {template}, scope {scope.label} "
+                        f"({'reads and writes' if command == 'update' else 'reads'} "
+                        f"{table.name} field group {group})"
+                    ),
+                    origin=(scope.path, scope.fields_line or scope.line) if scope.path else None,
+                ),
+            )
+    return privileges
+
+
+def _rule_group_policies(desired: Desired, rule: SharingRule) -> None:
+    for group in rule.fields:
+        side = TABLES[side_table(rule.table, group)]
+        for command in ("select", "update") if rule.access == "edit" else ("select",):
+            parts = sections(render("field_group_rule.sql.j2", rule=rule, t=side, command=command))
+            _add(
+                desired,
+                PolicyDef(
+                    table=side.qualified,
+                    name=f"{side.name}__rule__{rule.name}__{command}",
+                    command=command,
+                    role=rule_role(rule.name),
+                    using=parts.get("using"),
+                    check=parts.get("check"),
+                    comment=f"crmdb: sharing rule {rule.name} ({rule.access}), field group {group}",
+                    origin=(rule.path, rule.fields_line),
+                ),
+            )
+
+
 def _rule_policies(desired: Desired, rule: SharingRule) -> None:
     table = TABLES[rule.table]
     for command in ("select", "update") if rule.access == "edit" else ("select",):
@@ -140,6 +201,41 @@ def _rule_policies(desired: Desired, rule: SharingRule) -> None:
         )
 
 
+def _api_views(desired: Desired, policies: PolicySet) -> None:
+    """crm_api.<table> for every table templates govern (sql/policy/api.sql.j2)."""
+    for table in TABLES.values():
+        if not table.templates:
+            continue
+        declared = policies.field_groups.get(table.name, {})
+        for group in declared.values():
+            for column, mask in group.masks.items():
+                desired.masks[(table.name, column)] = (group.name, mask.keep_last)
+        grants = sorted(
+            (role, sorted(privileges))
+            for (qualified, role), privileges in desired.grants.items()
+            if qualified == table.qualified
+        )
+        script = render(
+            "api.sql.j2",
+            t=table,
+            core=core_columns(table.name, declared),
+            fields=[c for c in core_columns(table.name, declared) if c != "id"],
+            groups=[
+                (g.name, TABLES[side_table(table.name, g.name)], g.columns)
+                for g in declared.values()
+            ],
+            masks={c: mask_column(c) for g in declared.values() for c in g.masks},
+            grants=grants,
+        ).strip()
+        view = f"crm_api.{table.name}"
+        digest = hashlib.sha256(script.encode()).hexdigest()[:16]
+        comment = (
+            f"crmdb: {table.name} as each employee may read and write it; generated by "
+            f"crmdb policy apply from the templates (edits are overwritten) [{digest}]"
+        )
+        desired.api[view] = script + "\n" + ddl("comment_api_view", view, comment)
+
+
 def compile_policies(policies: PolicySet) -> Desired:
     desired = Desired(tables=tuple(t.qualified for t in TABLES.values()))
     paths: list[AccessPath] = []
@@ -149,25 +245,39 @@ def compile_policies(policies: PolicySet) -> Desired:
         for table_name, scopes in policies.effective(name).items():
             table = TABLES[table_name]
             privileges = set()
+            side_privileges: dict[str, set[str]] = defaultdict(set)
             movers = [s for s in scopes if {"insert", "update"} <= s.actions]
             for scope in scopes:
                 privileges |= {a for a in scope.actions if a in COMMANDS}
                 if "export" in scope.actions:
                     privileges.add("select")
                 _scope_policies(desired, name, table, scope, movers)
+                for qualified, needed in _group_policies(desired, name, table, scope).items():
+                    side_privileges[qualified] |= needed
                 paths.append(AccessPath(name, role, table, scope))
             if privileges:
                 desired.grants[(table.qualified, role)] = frozenset(privileges)
+            if "select" in privileges:
+                # crm_api's view joins every group of the table, and a security_invoker
+                # view needs SELECT on all it reads: each side table is granted, and its
+                # row policies (none without a scope naming the group) decide.
+                for group_table in TABLES.values():
+                    if group_table.parent == table.name:
+                        qualified = group_table.qualified
+                        needed = side_privileges.get(qualified, set()) | {"select"}
+                        desired.grants[(qualified, role)] = frozenset(needed)
     for rule in policies.sharing_rules:
         role = rule_role(rule.name)
         desired.roles[role] = f"crmdb sharing rule {rule.name}: {rule.where}"
         desired.audiences[role] = rule
         _rule_policies(desired, rule)
+        _rule_group_policies(desired, rule)
     desired.rules = tuple(policies.sharing_rules)
+    _api_views(desired, policies)
     desired.access_paths = render(
         "access_paths.sql.j2",
         paths=paths,
-        explainable=[t.name for t in TABLES.values() if "id" in t.columns],
+        explainable=[t.name for t in TABLES.values() if "id" in t.columns and not t.parent],
         rules=[RuleRole(r, rule_role(r.name)) for r in policies.sharing_rules],
     ).strip()
     return desired

@@ -2,7 +2,9 @@
 
 Declared once in policies/fields.yaml (`field_groups:`); templates name groups per scope
 (`fields: {read: [...], write: [...]}`). Everything not in a group is the table's `core`
-group, visible wherever the row is. Design and the enforcement plan:
+group, visible wherever the row is. A group is stored in its own table,
+crm.<table>__<group> (tables.SIDE_TABLES, made by a migration), whose row policies
+decide who reads it: the declaration must match that table. Design:
 docs/field-security.md.
 """
 
@@ -10,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from crmdb.policies.tables import TABLES
+from crmdb.policies.tables import SIDE_TABLES, TABLES, Table
 from crmdb.policies.yamlload import Mapping
 
 CORE = "core"
@@ -45,10 +47,20 @@ class Reporter(Protocol):
     def str_list(self, value: Any, line: int, what: str) -> list[str]: ...
 
 
+def side_table(table: str, group: str) -> str:
+    return f"{table}__{group}"
+
+
+def mask_column(column: str) -> str:
+    """The parent's column holding a masked field's mask."""
+    return f"{column}_mask"
+
+
 def core_columns(table: str, groups: dict[str, FieldGroup]) -> tuple[str, ...]:
-    """The columns of `table` that belong to no declared group."""
-    grouped = {c for g in groups.values() for c in g.columns}
-    return tuple(c for c in TABLES[table].columns if c not in grouped)
+    """The columns of `table` every reader of a row sees (not masks: they stand in
+    for their field)."""
+    masks = {mask_column(c) for g in groups.values() for c in g.masks}
+    return tuple(c for c in TABLES[table].columns if c not in masks)
 
 
 def read_field_groups(r: Reporter, doc: Mapping) -> dict[str, dict[str, FieldGroup]]:
@@ -58,23 +70,21 @@ def read_field_groups(r: Reporter, doc: Mapping) -> dict[str, dict[str, FieldGro
     if not isinstance(node, Mapping):
         r.error(doc.line_of("field_groups"), "'field_groups' must map table names to groups")
         return result
+    tables = [t.name for t in TABLES.values() if t.templates]
     for table, groups in node.items():
         line = node.line_of(table)
-        if table not in TABLES:
-            r.error(line, f"unknown table {table!r} (expected: {', '.join(TABLES)})")
+        if table not in tables:
+            r.error(line, f"unknown table {table!r} (expected: {', '.join(tables)})")
             continue
         if not isinstance(groups, Mapping) or not groups:
             r.error(line, f"table {table}: give each field group a mapping with 'columns'")
             continue
-        result[table] = _groups(r, table, groups)
+        result[table] = _groups(r, table, groups, line)
     return result
 
 
-def _groups(r: Reporter, table: str, node: Mapping) -> dict[str, FieldGroup]:
+def _groups(r: Reporter, table: str, node: Mapping, table_line: int) -> dict[str, FieldGroup]:
     spec = TABLES[table]
-    # Columns that place or identify a row stay in core: a row policy needs them.
-    placing = {"id", *spec.anchors, spec.touch}
-    seen: dict[str, str] = {}
     groups: dict[str, FieldGroup] = {}
     for name, body in node.items():
         line = node.line_of(name)
@@ -92,22 +102,48 @@ def _groups(r: Reporter, table: str, node: Mapping) -> dict[str, FieldGroup]:
         columns = r.str_list(body.get("columns"), body.line_of("columns"), "columns")
         if not columns:
             r.error(body.line_of("columns"), f"field group {table}.{name} needs 'columns'")
-        where = body.line_of("columns")
-        for column in columns:
-            if column not in spec.columns:
-                r.error(where, f"table {table} has no column {column!r}")
-            elif column in placing:
-                r.error(
-                    where,
-                    f"{table}.{column} places or identifies the row; it stays in core",
-                )
-            elif column in seen:
-                r.error(where, f"{table}.{column} is already in field group {seen[column]!r}")
-            else:
-                seen[column] = name
+        storage = SIDE_TABLES.get(side_table(table, name))
+        if storage is None:
+            r.error(
+                line,
+                f"field group {table}.{name} has no table crm.{side_table(table, name)}: a "
+                "group's fields live in a table of their own, made by a migration "
+                "(docs/field-security.md)",
+            )
+            continue
+        _check_columns(r, storage.name, spec.columns, storage, columns, body.line_of("columns"))
         masks = _masks(r, table, name, body, columns)
         groups[name] = FieldGroup(table, name, tuple(columns), masks, r.path, line)
+    for storage in SIDE_TABLES.values():
+        if storage.parent == table and storage.group not in groups:
+            r.error(
+                table_line,
+                f"crm.{storage.name} holds field group {storage.group!r} of {table}; "
+                "declare it here, or nobody can read it",
+            )
     return groups
+
+
+def _check_columns(
+    r: Reporter,
+    side: str,
+    core: tuple[str, ...],
+    storage: Table,
+    columns: list[str],
+    line: int,
+) -> None:
+    """A group lists exactly the fields its table stores (not its anchors, not custom)."""
+    fields = [c for c in storage.values if c != "custom"]
+    for column in columns:
+        if column in core:
+            r.error(
+                line, f"{column} is a core column (stored in the row itself), not in crm.{side}"
+            )
+        elif column not in fields:
+            r.error(line, f"crm.{side} has no column {column!r} (it holds: {', '.join(fields)})")
+    missing = [c for c in fields if c not in columns]
+    if missing:
+        r.error(line, f"list every field of crm.{side}; missing: {', '.join(missing)}")
 
 
 def _masks(
@@ -131,6 +167,13 @@ def _masks(
             keep = spec.get("keep_last")
         if not isinstance(keep, int) or isinstance(keep, bool) or not 0 <= keep <= MAX_KEEP:
             r.error(line, f"mask of {table}.{column}: keep_last must be 0..{MAX_KEEP}")
+            continue
+        if mask_column(column) not in TABLES[table].columns:
+            r.error(
+                line,
+                f"mask of {table}.{column}: crm.{table} has no column {mask_column(column)} "
+                "to hold it (a migration adds it)",
+            )
             continue
         masks[column] = Mask(keep)
     return masks

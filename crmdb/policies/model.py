@@ -100,6 +100,9 @@ class SharingRule:
     employees: tuple[str, ...]
     path: Path
     line: int
+    # Field groups the audience reads on matching rows (and writes, with access edit)
+    fields: tuple[str, ...] = ()
+    fields_line: int = 0
 
 
 @dataclass
@@ -286,10 +289,23 @@ def _fields(
 
 def _check_groups(
     templates: dict[str, Template],
+    rules: list[SharingRule],
     registry: dict[str, dict[str, FieldGroup]],
     problems: list[Problem],
 ) -> None:
-    """Every group a template names is declared for that table in field_groups."""
+    """Every group a template or sharing rule names is declared for its table."""
+    for rule in rules:
+        declared = registry.get(rule.table, {})
+        for group in sorted(set(rule.fields) - set(declared)):
+            known = ", ".join(sorted(declared)) or "none declared"
+            problems.append(
+                Problem(
+                    rule.path,
+                    rule.fields_line,
+                    f"sharing rule {rule.name}: table {rule.table} has no field group "
+                    f"{group!r} ({known})",
+                )
+            )
     for template in templates.values():
         for table, scopes in template.tables.items():
             declared = registry.get(table, {})
@@ -400,7 +416,9 @@ def _sharing_rules(r: _Reader, doc: Mapping) -> list[SharingRule]:
         if not isinstance(item, Mapping):
             r.error(line, "each sharing rule must be a mapping")
             continue
-        r.keys(item, {"name", "table", "where", "access", "project", "to"}, "a sharing rule")
+        r.keys(
+            item, {"name", "table", "where", "access", "project", "to", "fields"}, "a sharing rule"
+        )
         name = r.name(item.get("name"), item.line_of("name"), "sharing rule name")
         table = item.get("table", "customers")
         if table != "customers":
@@ -420,6 +438,7 @@ def _sharing_rules(r: _Reader, doc: Mapping) -> list[SharingRule]:
             continue
         r.keys(to, {"org_unit", "include_sub_units", "employees"}, "'to'")
         employees = r.str_list(to.get("employees", []), to.line_of("employees"), "employees")
+        fields = r.str_list(item.get("fields", []), item.line_of("fields"), "fields")
         if name:
             rules.append(
                 SharingRule(
@@ -433,6 +452,8 @@ def _sharing_rules(r: _Reader, doc: Mapping) -> list[SharingRule]:
                     tuple(employees),
                     r.path,
                     line,
+                    tuple(f for f in fields if f != CORE),
+                    item.line_of("fields") or line,
                 )
             )
     names = [rule.name for rule in rules]
@@ -531,7 +552,7 @@ def load_policies(directory: Path) -> PolicySet:
             fixture, fixture_path = doc["fixture"], path
         problems += reader.problems
     _check_extends(templates, problems)
-    _check_groups(templates, registry, problems)
+    _check_groups(templates, rules, registry, problems)
     if problems:
         raise PolicyError(problems)
     return PolicySet(templates, rules, fixture, fixture_path, directory, registry)

@@ -209,6 +209,26 @@ def make_plan(conn: psycopg.Connection, desired: Desired) -> Plan:
     for change in policy_changes(conn, desired):
         out += change.statements
 
+    # crm_api's views after the grants they mirror; a view is re-created when its
+    # script changed (the comment carries the script's hash).
+    have_views: dict[str, str | None] = dict(conn.execute(query("api_views")).fetchall())
+    for view in sorted(set(have_views) - set(desired.api)):
+        out.append(ddl("drop_api_view", view))
+    changed_views = [
+        script
+        for view, script in sorted(desired.api.items())
+        if (current := have_views.get(view)) is None or current not in script
+    ]
+    if changed_views:
+        out += [ddl("as_owner"), *changed_views, ddl("reset_role")]
+
+    have_masks = {(t, c): k for t, c, k in conn.execute(query("field_masks"))}
+    for (table, column), (group, keep) in sorted(desired.masks.items()):
+        if have_masks.get((table, column)) != keep:
+            out.append(ddl("set_mask", table, group, column, keep))
+    for table, column in sorted(set(have_masks) - set(desired.masks)):
+        out.append(ddl("drop_mask", table, column))
+
     body = desired.access_paths.split("$function$")[1]
     current_body = conn.execute(query("access_paths_source")).fetchone()
     if current_body is None or current_body[0] != body:

@@ -28,6 +28,15 @@ class Table:
     # False: the table has fixed policies of its own in sql/schema.sql (named crmdb_*,
     # e.g. every employee reads their own notifications); templates may not name it.
     templates: bool = True
+    # A field group's side table (crm.<parent>__<group>): its policies come from the
+    # scopes of `parent` that name the group; templates do not name it themselves.
+    parent: str | None = None
+    group: str | None = None
+
+    @property
+    def values(self) -> tuple[str, ...]:
+        """A side table's own columns: the group's fields and its custom fields."""
+        return tuple(c for c in self.columns if c != "id" and c not in self.anchors)
 
     @property
     def qualified(self) -> str:
@@ -61,15 +70,7 @@ TABLES: dict[str, Table] = {
                 "org_unit_id",
                 "owner_id",
                 "full_name",
-                "phone",
-                "email",
-                "address",
                 "province",
-                "bank_account",
-                "bank_name",
-                "tax_code",
-                "financial_notes",
-                "notes",
                 "stage",
                 "source",
                 "score",
@@ -78,6 +79,7 @@ TABLES: dict[str, Table] = {
                 "assigned_at",
                 "created_at",
                 "updated_at",
+                "phone_mask",
             ),
             owner="owner_id",
             org_unit="org_unit_id",
@@ -94,12 +96,8 @@ TABLES: dict[str, Table] = {
                 "project_id",
                 "owner_id",
                 "title",
-                "amount",
                 "currency",
                 "status",
-                "payment_method",
-                "bank_account",
-                "bank_name",
                 "signed_at",
                 "created_at",
                 "updated_at",
@@ -281,3 +279,43 @@ TABLES: dict[str, Table] = {
         ),
     )
 }
+
+
+def _side(parent: str, group: str, values: tuple[str, ...]) -> Table:
+    """The side table of a field group: the parent's id, copies of its anchors, the
+    group's values and a jsonb of custom fields (migrations/0006.field-groups.sql)."""
+    p = TABLES[parent]
+    customer = "id" if parent == "customers" else p.customer
+    # In the migration's column order
+    anchors = {
+        "customers": ("project_id", "org_unit_id", "owner_id"),
+        "contracts": ("project_id", "owner_id", "customer_id"),
+    }[parent]
+    return Table(
+        f"{parent}__{group}",
+        ("id", *anchors, *values, "custom"),
+        owner=p.owner,
+        org_unit=p.org_unit,
+        project=p.project,
+        customer=customer,
+        anchors=anchors,
+        touch="custom",
+        templates=False,
+        parent=parent,
+        group=group,
+    )
+
+
+# Field groups' storage: what policies/fields.yaml may declare (it must match).
+SIDE_TABLES: dict[str, Table] = {
+    t.name: t
+    for t in (
+        _side("customers", "contact", ("phone", "email", "address")),
+        _side(
+            "customers", "financial", ("bank_account", "bank_name", "tax_code", "financial_notes")
+        ),
+        _side("customers", "internal_notes", ("notes",)),
+        _side("contracts", "financial", ("amount", "payment_method", "bank_account", "bank_name")),
+    )
+}
+TABLES.update(SIDE_TABLES)

@@ -22,15 +22,7 @@ CUSTOMER_COLUMNS = sorted(
         "org_unit_id",
         "owner_id",
         "full_name",
-        "phone",
-        "email",
-        "address",
         "province",
-        "bank_account",
-        "bank_name",
-        "tax_code",
-        "financial_notes",
-        "notes",
         "stage",
         "source",
         "score",
@@ -39,6 +31,7 @@ CUSTOMER_COLUMNS = sorted(
         "assigned_at",
         "created_at",
         "updated_at",
+        "phone_mask",
     ]
 )
 LOG = (
@@ -82,8 +75,10 @@ def new_customer(org: Org, name: str = "Nguyen Van A") -> int:
     return org.add_customer(org.id("p1"), name, owner="Rep_A")
 
 
-def update_as(conn: psycopg.Connection, customer: int, notes: str) -> None:
-    conn.execute("UPDATE crm.customers SET notes = %s WHERE id = %s", (notes, customer))
+def update_as(conn: psycopg.Connection, customer: int, interest: str) -> None:
+    conn.execute(
+        "UPDATE crm.customers SET product_interest = %s WHERE id = %s", (interest, customer)
+    )
 
 
 # What is recorded -------------------------------------------------------------------
@@ -113,7 +108,8 @@ def test_update_records_only_changed_fields(org):
     customer = new_customer(org)
     with org.db.connect() as conn:
         conn.execute(
-            "UPDATE crm.customers SET stage = 'qualified', notes = 'called', score = score,"
+            "UPDATE crm.customers SET stage = 'qualified', product_interest = 'loans',"
+            " score = score,"
             " full_name = full_name WHERE id = %s",
             (customer,),
         )
@@ -125,16 +121,40 @@ def test_update_records_only_changed_fields(org):
             is True
         )
     [_, (action, fields, old, new, _, _)] = log(org, customer)
-    # ... Expect only notes and stage: unchanged columns and updated_at are left out
-    assert (action, fields) == ("UPDATE", ["notes", "stage"])
-    assert old == {"notes": None, "stage": "lead"}
-    assert new == {"notes": "called", "stage": "qualified"}
+    # ... Expect only product_interest and stage: unchanged columns and updated_at are
+    # left out
+    assert (action, fields) == ("UPDATE", ["product_interest", "stage"])
+    assert old == {"product_interest": None, "stage": "lead"}
+    assert new == {"product_interest": "loans", "stage": "qualified"}
+
+
+def test_field_group_changes_are_recorded_under_the_group(org):
+    customer = new_customer(org)
+    with org.db.connect() as conn:
+        conn.execute(
+            "UPDATE crm.customers__financial SET bank_account = '0123456789' WHERE id = %s",
+            (customer,),
+        )
+        conn.execute("UPDATE crm.customers SET owner_id = NULL WHERE id = %s", (customer,))
+    [(action, fields, old, new, _, _)] = log(org, customer, "customers__financial")
+    # Expect the value's change under customers__financial; the owner's copy that followed
+    # the customer is not a change of the group (the customer's own row records it)
+    assert (action, fields, old, new) == (
+        "UPDATE",
+        ["bank_account"],
+        {"bank_account": None},
+        {"bank_account": "0123456789"},
+    )
+    assert [r[1] for r in log(org, customer)][1:] == [["owner_id"]]
 
 
 def test_update_that_changes_nothing_is_not_recorded(org):
     customer = new_customer(org)
     with org.db.connect() as conn:
-        conn.execute("UPDATE crm.customers SET notes = notes WHERE id = %s", (customer,))
+        conn.execute(
+            "UPDATE crm.customers SET product_interest = product_interest WHERE id = %s",
+            (customer,),
+        )
     # Expect only the INSERT row: a no-op UPDATE (only updated_at moved) leaves no trace
     assert [r[0] for r in log(org, customer)] == ["INSERT"]
 
@@ -195,7 +215,7 @@ def test_actor_under_set_role_is_the_employee(org):
         update_as(conn, customer, "set role")
     [_, (_, fields, _, _, actor, actor_id)] = log(org, customer)
     # Expect Rep_A (the SET ROLE role, mixed case intact), not the superuser login
-    assert (fields, actor, actor_id) == (["notes"], org.role("Rep_A"), org.id("Rep_A"))
+    assert (fields, actor, actor_id) == (["product_interest"], org.role("Rep_A"), org.id("Rep_A"))
 
 
 def test_actor_under_set_local_role_is_the_employee(org):

@@ -21,7 +21,8 @@ from crmdb.policies.tables import TABLES
 EXPLAIN = "SELECT * FROM crm.explain_access(%s, %s) ORDER BY template, scope"
 ALL_CUSTOMER_ACTIONS = ["select", "insert", "update", "export"]
 # Tables whose records have an id (explain_access takes one)
-ID_TABLES = sorted(name for name, t in TABLES.items() if "id" in t.columns)
+# Field groups are explained by crm.explain_fields (tests/integration/test_field_groups.py)
+ID_TABLES = sorted(name for name, t in TABLES.items() if "id" in t.columns and not t.parent)
 EXPLAINED = (
     "SELECT i FROM unnest(%s::bigint[]) AS i WHERE EXISTS"
     " (SELECT FROM crm.explain_access(%s, i) AS p WHERE 'select' = ANY (p.actions))"
@@ -45,10 +46,11 @@ def cli(org: PolicyOrg, *args: str) -> Result:
     return CliRunner().invoke(main, ["explain-access", *args, "--dsn", org.db.target.conninfo])
 
 
-def cli_lines(org: PolicyOrg, *args: str) -> list[str]:
+def cli_lines(org: PolicyOrg, *args: str, part: int = 0) -> list[str]:
+    """One table of the output: the access paths (0) or the field groups (1)."""
     result = cli(org, *args)
     assert result.exit_code == 0, result.output
-    return result.output.splitlines()
+    return result.output.split("\n\n")[part].splitlines()
 
 
 # Paths, as the employee (SQL) -------------------------------------------------------
@@ -235,6 +237,19 @@ def test_cli_other_table(org):
         ["sales_manager", "customer"],
         ["sales_manager", "subordinates"],
     ]
+
+
+def test_cli_field_groups(org):
+    lines = cli_lines(org, org.role("rep_a"), str(org.id("c6")), part=1)
+    # Expect the groups of c6 rep_a may read and write through the edit share: contact and
+    # notes, not the money
+    assert [line.split()[:1] + line.split()[-2:] for line in lines] == [
+        ["field", "read", "write"],
+        ["contact", "yes", "yes"],
+        ["financial", "masked)", "no"],
+        ["internal_notes", "yes", "yes"],
+    ]
+    assert "bank_account, bank_name, tax_code, financial_notes" in lines[2]
 
 
 def test_cli_no_access(org):

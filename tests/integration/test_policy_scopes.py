@@ -31,7 +31,7 @@ from crmdb.testing.scratch import TEST_PASSWORD
 
 NEW_ROW_REFUSED = 'new row violates row-level security policy for table "{}"'
 UPDATE = "UPDATE crm.customers SET {} = %s WHERE id = %s"
-NOTES = "UPDATE crm.customers SET notes = 'probe' WHERE id = %s"
+NOTES = "UPDATE crm.customers SET product_interest = 'probe' WHERE id = %s"
 DELETE = "DELETE FROM crm.customers WHERE id = %s"
 INSERT = (
     "INSERT INTO crm.customers (project_id, org_unit_id, owner_id, full_name, source, stage)"

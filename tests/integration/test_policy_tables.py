@@ -86,6 +86,13 @@ def test_scope_columns_point_where_they_should(org, table):
         # ... that is the target's own id, or a foreign key to the target
         if (table, column) in NOT_FOREIGN_KEYS or (table == target and column == "id"):
             continue
+        if spec.parent:
+            # A field group's anchors are copies of its parent's (checked there); its id
+            # is the parent's
+            parent = TABLES[spec.parent]
+            assert keys.get((table, "id")) == spec.parent
+            assert column == "id" or column in parent.anchors, f"{table}.{column} ({kind})"
+            continue
         assert keys.get((table, column)) == target, f"{table}.{column} ({kind})"
     # Expect anchors to be real columns, and the column `crmdb policy test` sets to
     # probe an update too, on tables whose rows it can probe (those with an id)
@@ -122,9 +129,12 @@ def test_every_policy_is_on_a_registry_table(org):
         ).fetchall()
     # Expect every generated policy to be named after its table: {table}__...
     assert policies and all(name.startswith(f"{table}__") for table, name in policies)
-    # Expect generated policies on every registry table templates may name: some
-    # template grants each (the others have fixed crmdb_* policies of their own)
-    assert {table for table, _ in policies} == {t for t, spec in TABLES.items() if spec.templates}
+    # Expect generated policies on every registry table templates may name, and on each
+    # field group's table: some template grants each (the others have fixed crmdb_*
+    # policies of their own)
+    assert {table for table, _ in policies} == {
+        t for t, spec in TABLES.items() if spec.templates or spec.parent
+    }
 
 
 def test_owner_administers_but_does_not_inherit_template_and_rule_roles(org):

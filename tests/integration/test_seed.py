@@ -318,6 +318,7 @@ def test_non_superuser_dba_can_seed_and_is_audited(db):
     # Expect rows through RLS and triggers: every bulk row in the audit trail
     assert report.audited is True
     assert customers == (200,)
+    groups = {t: audited.pop(t) for t in list(audited) if "__" in t}
     assert audited == {
         "employees": 8,
         "customers": 200,
@@ -325,6 +326,12 @@ def test_non_superuser_dba_can_seed_and_is_audited(db):
         "activities": report.activities,
         "shares": report.shares,
     }
+    # ... and field groups' values as changes of their groups' rows (one per row that got
+    # a value: every customer has a phone, some have bank accounts or notes)
+    assert groups["customers__contact"] == 200
+    assert 0 < groups["customers__financial"] < 200
+    assert 0 < groups["customers__internal_notes"] < 200
+    assert groups["contracts__financial"] == report.contracts
 
 
 def test_failed_seed_leaves_nothing(db):

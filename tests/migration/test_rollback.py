@@ -20,6 +20,9 @@ from crmdb.resources import resource_dir
 from crmdb.testing.scratch import ScratchDatabase, ScratchFactory
 
 CRMDB_ROLES = ("crmdb_owner", "crmdb_employee")
+# PostgreSQL appends the columns a rollback adds back: these rollbacks restore every
+# column and value, but not the columns' order in these tables.
+REORDERED_BY_ROLLBACK = {"0006.field-groups": ("crm.customers.", "crm.contracts.")}
 
 
 def all_migrations() -> MigrationList:
@@ -47,6 +50,12 @@ def assert_same(expected: Snapshot, actual: Snapshot, what: str) -> None:
     drift = diff(expected, actual, left="expected", right="actual")
     assert not drift, f"{what}:\n" + "\n".join(drift)
     assert expected == actual
+
+
+def without_positions(snap: Snapshot, tables: tuple[str, ...]) -> Snapshot:
+    """`snap` with the column positions of `tables` (key prefixes) left out."""
+    columns = [r._replace(position=None) if r[0].startswith(tables) else r for r in snap["columns"]]
+    return {**snap, "columns": columns}
 
 
 def crm_schemas(conn: psycopg.Connection) -> list[str]:
@@ -89,7 +98,15 @@ def test_each_migration_rolls_back_to_the_state_before_it(
         assert applied != states[-1], f"{migration_id} changed nothing the snapshot sees"
 
         assert migrate.rollback(empty_db.target, 1) == [migration_id]
-        assert_same(states[-1], take(empty_db), f"rolling back {migration_id} left drift")
+        before, after = states[-1], take(empty_db)
+        if reordered := REORDERED_BY_ROLLBACK.get(migration_id):
+            # Expect the columns there, but allow them in another order
+            assert before != after
+            before, after = (
+                without_positions(before, reordered),
+                without_positions(after, reordered),
+            )
+        assert_same(before, after, f"rolling back {migration_id} left drift")
 
         assert apply_first(empty_db, count) == [migration_id]
         assert_same(applied, take(empty_db), f"re-applying {migration_id} differs")
@@ -131,7 +148,7 @@ def test_rollback_drops_employee_roles_and_keeps_shared_roles(
         # The template still has its schemas, so the shared roles must survive.
         assert existing_roles(conn, list(CRMDB_ROLES)) == set(CRMDB_ROLES)
     with psycopg.connect(db.cluster.uri(template)) as conn:
-        assert crm_schemas(conn) == ["crm", "crm_admin", "crm_private"]
+        assert crm_schemas(conn) == ["crm", "crm_admin", "crm_api", "crm_private"]
 
 
 def test_rollback_drops_employee_roles_that_hold_privileges(db: ScratchDatabase) -> None:

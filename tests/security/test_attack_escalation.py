@@ -28,7 +28,7 @@ DEFINER_CALLS = {
     "helpers": "SELECT crm_private.subordinate_ids(current_user),"
     " crm_private.shared_customer_ids(current_user, true),"
     " crm_private.org_unit_ids(current_user, true)",
-    "audited_update": "UPDATE crm.customers SET notes = 'x' WHERE id = %(own)s",
+    "audited_update": "UPDATE crm.customers SET product_interest = 'x' WHERE id = %(own)s",
     "audited_insert": "INSERT INTO crm.activities (customer_id, employee_id, kind, subject)"
     " VALUES (%(own)s, crm.current_employee_id(), 'note', 'x')",
 }

@@ -88,7 +88,10 @@ def test_copy_table_to_stdout(attacker):
 
 
 def test_update_returning(attacker):
-    query = "UPDATE crm.customers SET notes = notes WHERE id = ANY (%s) RETURNING id"
+    query = (
+        "UPDATE crm.customers SET product_interest = product_interest"
+        " WHERE id = ANY (%s) RETURNING id"
+    )
     every = list(attacker.visible | {attacker.target})
     # Expect RETURNING to hand back only rows the update could reach
     assert attacker.leaked(column(attacker.conn, query, (every,))) == set()
@@ -122,7 +125,7 @@ def test_on_conflict_do_update_on_hidden_id(attacker):
     query = (
         "INSERT INTO crm.customers (id, project_id, owner_id, full_name)"
         " VALUES (%s, crm_private.project_id('saoviet.crm'), %s, 'probe')"
-        " ON CONFLICT (id) DO UPDATE SET notes = 'taken' RETURNING id, full_name"
+        " ON CONFLICT (id) DO UPDATE SET product_interest = 'taken' RETURNING id, full_name"
     )
     found = rows(attacker.conn, query, (attacker.target, attacker.me))
     # Expect no hidden row back: the id is the database's to give (crm_private.assign_id)
@@ -133,7 +136,7 @@ def test_on_conflict_do_update_on_hidden_id(attacker):
 def test_merge_updates_hidden_row(attacker):
     query = (
         "MERGE INTO crm.customers AS c USING (VALUES (%s::bigint)) AS v (id) ON c.id = v.id"
-        " WHEN MATCHED THEN UPDATE SET notes = 'merged'"
+        " WHEN MATCHED THEN UPDATE SET product_interest = 'merged'"
     )
     # Expect 0 rows: the hidden target does not match
     assert touched(attacker.conn, query, (attacker.target,)) == 0
@@ -150,7 +153,7 @@ def test_merge_deletes_hidden_row(attacker):
 
 def test_data_modifying_with(attacker):
     query = (
-        "WITH u AS (UPDATE crm.customers SET notes = 'cte' WHERE id = %s RETURNING id)"
+        "WITH u AS (UPDATE crm.customers SET product_interest = 'cte' WHERE id = %s RETURNING id)"
         " SELECT id FROM u"
     )
     # Expect 0 rows: the CTE's update reaches no hidden row

@@ -54,7 +54,12 @@ def test_take_edit_shared_customer(attack_org):
     # c6 is rep_c's, shared to rep_a for editing: an edit share does not give it away
     with attacker_session(attack_org, "rep_a") as rep:
         c6 = attack_org.id("c6")
-        assert touched(rep.conn, "UPDATE crm.customers SET notes = 'ok' WHERE id = %s", (c6,)) == 1
+        assert (
+            touched(
+                rep.conn, "UPDATE crm.customers SET product_interest = 'ok' WHERE id = %s", (c6,)
+            )
+            == 1
+        )
         assert blocked(rep, SET.format("owner_id"), (rep.me, c6))
         assert blocked(rep, SET.format("org_unit_id"), (None, c6))
 
@@ -62,7 +67,7 @@ def test_take_edit_shared_customer(attack_org):
 def test_take_read_shared_customer(attack_org):
     # x_read: c4 (rep_a's) shared to rep_b for reading only
     with attacker_session(attack_org, "rep_b") as rep:
-        assert blocked(rep, SET.format("notes"), ("edited", attack_org.id("c4")))
+        assert blocked(rep, SET.format("product_interest"), ("edited", attack_org.id("c4")))
 
 
 def test_delete_without_delete_action(attacker):
@@ -75,7 +80,9 @@ def test_delete_hidden_customer(attacker):
 
 
 def test_bulk_update_reaches_visible_rows_only(attacker):
-    changed = column(attacker.conn, "UPDATE crm.customers SET notes = 'bulk' RETURNING id")
+    changed = column(
+        attacker.conn, "UPDATE crm.customers SET product_interest = 'bulk' RETURNING id"
+    )
     assert attacker.leaked(changed) == set()
 
 
@@ -97,7 +104,7 @@ def test_bulk_delete_activities(attacker):
 def test_update_from_join_with_hidden_rows(attacker):
     changed = column(
         attacker.conn,
-        "UPDATE crm.customers AS c SET notes = k.title FROM crm.contracts AS k"
+        "UPDATE crm.customers AS c SET product_interest = k.title FROM crm.contracts AS k"
         " WHERE k.customer_id = c.id RETURNING c.id",
     )
     assert attacker.leaked(changed) == set()

@@ -12,14 +12,16 @@ GROUPS = """\
 field_groups:
   customers:
     contact:
-      columns: [phone, email]
+      columns: [phone, email, address]
       masks:
         phone: {keep_last: 3}
     financial:
-      columns: [bank_account]
+      columns: [bank_account, bank_name, tax_code, financial_notes]
+    internal_notes:
+      columns: [notes]
   contracts:
     financial:
-      columns: [amount, bank_account]
+      columns: [amount, payment_method, bank_account, bank_name]
 """
 
 TEMPLATE = """\
@@ -54,7 +56,8 @@ def test_shipped_groups_load_and_leave_anchors_in_core():
     assert groups["customers"]["contact"].masks == {"phone": Mask(3)}
     core = core_columns("customers", groups["customers"])
     assert {"id", "owner_id", "project_id", "org_unit_id", "full_name"} <= set(core)
-    assert not {"phone", "bank_account", "notes"} & set(core)
+    # ... and masks are not core columns: they stand in for their field
+    assert not {"phone", "bank_account", "notes", "phone_mask"} & set(core)
 
 
 def test_a_scope_names_its_readable_and_writable_groups(tmp_path):
@@ -104,25 +107,48 @@ def test_fields_need_select_and_writes_need_a_write_action(tmp_path):
     ("groups", "line", "message"),
     [
         (
-            GROUPS.replace("[phone, email]", "[phone, fax]"),
+            GROUPS.replace("[phone, email, address]", "[phone, email, address, fax]"),
             4,
-            "table customers has no column 'fax'",
+            "crm.customers__contact has no column 'fax' (it holds: phone, email, address)",
         ),
-        (GROUPS.replace("[phone, email]", "[phone, owner_id]"), 4, "places or identifies the row"),
-        (GROUPS.replace("[bank_account]\n  contracts", "[phone]\n  contracts"), 8, "already in"),
+        (
+            GROUPS.replace("[phone, email, address]", "[phone, email, address, owner_id]"),
+            4,
+            "owner_id is a core column",
+        ),
+        (
+            GROUPS.replace("[phone, email, address]", "[phone, address]"),
+            4,
+            "list every field of crm.customers__contact; missing: email",
+        ),
+        (
+            GROUPS.replace("internal_notes:", "notes:"),
+            9,
+            "field group customers.notes has no table crm.customers__notes",
+        ),
+        (
+            GROUPS.replace("    internal_notes:\n      columns: [notes]\n", ""),
+            2,
+            "crm.customers__internal_notes holds field group 'internal_notes'",
+        ),
         (GROUPS.replace("keep_last: 3", "keep_last: 30"), 6, "keep_last must be 0..8"),
         (
-            GROUPS.replace("phone: {keep", "email: {keep").replace("[phone, email]", "[phone]"),
+            GROUPS.replace("phone: {keep", "fax: {keep"),
             6,
             "not in field group 'contact'",
+        ),
+        (
+            GROUPS.replace("phone: {keep", "email: {keep"),
+            6,
+            "crm.customers has no column email_mask to hold it",
         ),
         (GROUPS.replace("  customers:\n", "  clients:\n", 1), 2, "unknown table 'clients'"),
         (
             GROUPS.replace(
-                "    financial:\n      columns: [bank_account]\n",
-                "    core:\n      columns: [bank_account]\n",
+                "    internal_notes:\n      columns: [notes]\n",
+                "    core:\n      columns: [notes]\n",
             ),
-            7,
+            9,
             "'core' is every column",
         ),
     ],
