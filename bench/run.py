@@ -44,7 +44,7 @@ SHAPES = ("rep", "manager", "director", "admin")
 READS = (
     "newest_customers",
     "count_customers",
-    "customer_by_phone",
+    "customer_by_name",
     "revenue_by_stage",
     "customer_by_id",
     "open_tasks_today",
@@ -76,7 +76,7 @@ class Shape:
     org_unit_id: int
     manager: str | None
     reference: sql.Composable  # predicate on crm.customers AS c
-    params: dict[str, Any]  # phone, id, day for the read queries
+    params: dict[str, Any]  # name, id, day for the read queries
 
 
 @dataclass
@@ -250,13 +250,13 @@ def make_shape(conn: psycopg.Connection, kind: str, role: str, day: dt.date) -> 
     sample = conn.execute(
         q("sample_customer").format(visible=ref), {"offset": max(0, n // 2)}
     ).fetchone()
-    assert sample is not None, f"{role} sees no customer with a phone"
+    assert sample is not None, f"{role} sees no customer"
     # The day as a timestamptz (midnight UTC), as an app would pass it: timestamptz
     # comparisons are leakproof, so PostgreSQL may filter on due_at before the row
     # policies; `due_at >= date` is a cross-type operator that is not, and would make
     # the policies run first on every open task.
     start = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
-    params = {"id": sample[0], "phone": sample[1], "day": start}
+    params = {"id": sample[0], "name": sample[1], "day": start}
     return Shape(kind, role, emp_id, unit_id, manager, ref, params)
 
 

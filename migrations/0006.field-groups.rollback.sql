@@ -71,6 +71,10 @@ DROP TABLE crm_private.field_masks;
 DROP FUNCTION crm_private.create_field_rows(), crm_private.copy_anchors(),
     crm_private.keep_derived(), crm_private.refresh_masks(), crm_private.mask_text(text, integer);
 
+DROP TRIGGER _500_audit_update ON crm.customers;
+CREATE TRIGGER _500_audit_update AFTER UPDATE ON crm.customers
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION crm_private.record_changes();
+
 -- The audit trigger function as 0005 left it (no quiet columns).
 CREATE OR REPLACE FUNCTION crm_private.record_changes() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp

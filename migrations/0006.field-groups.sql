@@ -344,6 +344,11 @@ BEGIN
 END
 $$;
 
+-- The phone's mask is derived from a field group's value: its changes alone are not logged.
+DROP TRIGGER _500_audit_update ON crm.customers;
+CREATE TRIGGER _500_audit_update AFTER UPDATE ON crm.customers
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION crm_private.record_changes('phone_mask');
+
 -- Trigger code only: nobody else may call them.
 REVOKE EXECUTE ON FUNCTION crm_private.create_field_rows(), crm_private.copy_anchors(),
     crm_private.keep_derived(), crm_private.refresh_masks() FROM PUBLIC;

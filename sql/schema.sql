@@ -527,8 +527,9 @@ CREATE TRIGGER _500_audit_delete AFTER DELETE ON crm.employees
     REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION crm_private.record_changes();
 CREATE TRIGGER _500_audit_insert AFTER INSERT ON crm.customers
     REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION crm_private.record_changes();
+-- The phone's mask is derived from a field group's value: its changes alone are not logged.
 CREATE TRIGGER _500_audit_update AFTER UPDATE ON crm.customers
-    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION crm_private.record_changes();
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION crm_private.record_changes('phone_mask');
 CREATE TRIGGER _500_audit_delete AFTER DELETE ON crm.customers
     REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION crm_private.record_changes();
 CREATE TRIGGER _500_audit_insert AFTER INSERT ON crm.contracts
