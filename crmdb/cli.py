@@ -457,6 +457,89 @@ def policy_test(dsn: str | None, directory: str | None) -> None:
         sys.exit(1)
 
 
+@main.group("field")
+def field_group_cmd() -> None:
+    """Custom fields of customers and contracts (admins "change the data fields")."""
+
+
+@field_group_cmd.command("add")
+@dsn_option
+@click.argument("table", type=click.Choice(["customers", "contracts"]))
+@click.argument("group")
+@click.argument("name")
+@click.option(
+    "--type",
+    "data_type",
+    default="text",
+    show_default=True,
+    type=click.Choice(["text", "integer", "numeric", "boolean", "date", "timestamptz"]),
+)
+@click.option("--label", help="What the field means, for people.")
+@click.option("--min", "min_value", type=float, help="Smallest value (integer, numeric).")
+@click.option("--max", "max_value", type=float, help="Largest value (integer, numeric).")
+@click.option("--max-length", type=int, help="Longest text.")
+@click.option("--pattern", help="A regular expression text values must match.")
+@click.option("--choice", "choices", multiple=True, help="An allowed text value (repeat).")
+@click.option(
+    "--policies", "directory", metavar="DIR", help="Templates to apply (default: shipped)."
+)
+def field_add(
+    dsn: str | None,
+    table: str,
+    group: str,
+    name: str,
+    data_type: str,
+    label: str | None,
+    min_value: float | None,
+    max_value: float | None,
+    max_length: int | None,
+    pattern: str | None,
+    choices: tuple[str, ...],
+    directory: str | None,
+) -> None:
+    """Add custom field NAME to TABLE's field GROUP; crm_api.TABLE gets its column in the
+    same transaction."""
+    from crmdb import custom_fields
+    from crmdb.policies.compile import compile_policies
+
+    desired = compile_policies(_load(directory))
+    target = target_for(dsn)
+    rules = custom_fields.Rules(min_value, max_value, max_length, pattern, choices or None)
+    custom_fields.add(target, desired, table, group, name, data_type, rules, label)
+    click.echo(f"added {table}.{name} ({data_type}, group {group}): a column of crm_api.{table}")
+
+
+@field_group_cmd.command("drop")
+@dsn_option
+@click.argument("table", type=click.Choice(["customers", "contracts"]))
+@click.argument("name")
+@click.option(
+    "--policies", "directory", metavar="DIR", help="Templates to apply (default: shipped)."
+)
+def field_drop(dsn: str | None, table: str, name: str, directory: str | None) -> None:
+    """Drop custom field NAME of TABLE: its values and its column go (the audit trail
+    keeps their history)."""
+    from crmdb import custom_fields
+    from crmdb.policies.compile import compile_policies
+
+    desired = compile_policies(_load(directory))
+    purged = custom_fields.drop(target_for(dsn), desired, table, name)
+    click.echo(f"dropped {table}.{name}; removed its value from {purged} row(s)")
+
+
+@field_group_cmd.command("list")
+@dsn_option
+def field_list(dsn: str | None) -> None:
+    """Every custom field and its rules."""
+    from crmdb import custom_fields
+
+    rows = custom_fields.listing(target_for(dsn))
+    if not rows:
+        click.echo("no custom fields")
+        return
+    echo_rows(["table", "field", "group", "type", "rules", "label"], rows)
+
+
 @main.command("explain-access")
 @dsn_option
 @click.argument("employee")

@@ -328,6 +328,10 @@ SELECT format('crm_api.%I', c.relname), pg_catalog.obj_description(c.oid, 'pg_cl
   FROM pg_catalog.pg_class AS c
  WHERE c.relnamespace = 'crm_api'::regnamespace AND c.relkind = 'v'
 
+-- custom_fields --
+-- Custom fields, for crm_api's views (crmdb policy apply)
+SELECT table_name, field_group, name, data_type::text FROM crm.custom_fields ORDER BY id
+
 -- field_masks --
 -- Masked fields as crmdb policy apply last wrote them
 SELECT table_name, column_name, keep_last FROM crm_private.field_masks

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import psycopg
 
 from crmdb.db import server_error
-from crmdb.policies.compile import Desired, PolicyDef
+from crmdb.policies.compile import CustomField, Desired, PolicyDef, api_script
 from crmdb.policies.model import PolicyError, Problem
 from crmdb.policies.render import ddl
 from crmdb.queries import query
@@ -214,9 +214,11 @@ def make_plan(conn: psycopg.Connection, desired: Desired) -> Plan:
     have_views: dict[str, str | None] = dict(conn.execute(query("api_views")).fetchall())
     for view in sorted(set(have_views) - set(desired.api)):
         out.append(ddl("drop_api_view", view))
+    custom = [CustomField(*row) for row in conn.execute(query("custom_fields"))]
+    scripts = {name: api_script(view, custom) for name, view in desired.api.items()}
     changed_views = [
         script
-        for view, script in sorted(desired.api.items())
+        for view, script in sorted(scripts.items())
         if (current := have_views.get(view)) is None or current not in script
     ]
     if changed_views:

@@ -262,6 +262,25 @@ TABLES: dict[str, Table] = {
             customer="customer_id",
         ),
         Table(
+            "custom_fields",
+            (
+                "id",
+                "table_name",
+                "field_group",
+                "name",
+                "data_type",
+                "label",
+                "min_value",
+                "max_value",
+                "max_length",
+                "pattern",
+                "choices",
+                "created_at",
+                "updated_at",
+            ),
+            touch="updated_at",
+        ),
+        Table(
             "notifications",
             (
                 "id",
