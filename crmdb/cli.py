@@ -1,5 +1,6 @@
 """The `crmdb` command: parse, call, print. The work happens in the modules it calls."""
 
+import contextlib
 import dataclasses
 import shutil
 import sys
@@ -538,6 +539,71 @@ def field_list(dsn: str | None) -> None:
         click.echo("no custom fields")
         return
     echo_rows(["table", "field", "group", "type", "rules", "label"], rows)
+
+
+@main.command("export")
+@dsn_option
+@click.option("--as", "employee", required=True, help="The employee exporting (role name).")
+@click.option("--table", default="customers", show_default=True)
+@click.option("--where", help="An SQL condition on the table's crm_api columns.")
+@click.option("--fields", help="Comma-separated columns (default: all the view has).")
+@click.option(
+    "--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="csv", show_default=True
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, writable=True),
+    required=True,
+    help="The file to write ('-' for stdout).",
+)
+def export_cmd(
+    dsn: str | None,
+    employee: str,
+    table: str,
+    where: str | None,
+    fields: str | None,
+    fmt: str,
+    output: str,
+) -> None:
+    """Export what EMPLOYEE may export of a table: audited, and everyone whose records
+    are in it is told."""
+    from crmdb import export
+
+    chosen = [f.strip() for f in fields.split(",") if f.strip()] if fields else None
+    # newline="": the csv module writes its own line ends
+    with (
+        contextlib.nullcontext(sys.stdout)
+        if output == "-"
+        else open(output, "w", encoding="utf-8", newline="")
+    ) as out:
+        bar: Any = None
+
+        def total(count: int) -> None:
+            nonlocal bar
+            bar = click.progressbar(length=count, label=f"exporting {table}", file=sys.stderr)
+            bar.__enter__()
+
+        def progress(n: int) -> None:
+            if bar is not None:
+                bar.update(n)
+
+        try:
+            result = export.export(
+                target_for(dsn),
+                employee,
+                table,
+                out,
+                where=where,
+                fields=chosen,
+                fmt=fmt,
+                progress=progress,
+                total=total,
+            )
+        finally:
+            if bar is not None:
+                bar.__exit__(None, None, None)
+    click.echo(f"exported {result.rows} row(s) of {table} as export #{result.export_id}", err=True)
 
 
 @main.command("explain-access")

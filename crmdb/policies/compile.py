@@ -5,6 +5,7 @@ the catalog. Policy names are predictable: {table}__{template}__{scope}__{comman
 and each carries a COMMENT saying which template and scope produced it.
 """
 
+import dataclasses
 import hashlib
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -211,6 +212,10 @@ class ApiView:
     groups: tuple[tuple[str, Table, tuple[str, ...]], ...]  # (group, side table, columns)
     masks: dict[str, str]  # masked column -> the table's column holding the mask
     grants: tuple[tuple[str, tuple[str, ...]], ...]  # (role, privileges)
+    # crm_private.export_<table>: which rows may be exported (sql/policy/export.sql.j2),
+    # by whom; None where no template exports the table
+    export_filter: str | None = None
+    export_roles: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -244,6 +249,8 @@ def api_script(view: ApiView, custom: list[CustomField]) -> str:
         ],
         masks=view.masks,
         grants=view.grants,
+        export_filter=view.export_filter,
+        export_roles=view.export_roles,
     ).strip()
     digest = hashlib.sha256(script.encode()).hexdigest()[:16]
     comment = (
@@ -253,8 +260,9 @@ def api_script(view: ApiView, custom: list[CustomField]) -> str:
     return script + "\n" + ddl("comment_api_view", view.name, comment)
 
 
-def _api_views(desired: Desired, policies: PolicySet) -> None:
-    """crm_api.<table> for every table templates govern (sql/policy/api.sql.j2)."""
+def _api_views(desired: Desired, policies: PolicySet, paths: list[AccessPath]) -> None:
+    """crm_api.<table> for every table templates govern (sql/policy/api.sql.j2), and
+    crm_private.export_<table> where some template may export it."""
     for table in TABLES.values():
         if not table.templates:
             continue
@@ -279,6 +287,13 @@ def _api_views(desired: Desired, policies: PolicySet) -> None:
             {c: mask_column(c) for g in declared.values() for c in g.masks},
             grants,
         )
+        exporting = [p for p in paths if p.table.name == table.name and "export" in p.actions]
+        if exporting:
+            view = dataclasses.replace(
+                view,
+                export_filter=" ".join(render("export.sql.j2", paths=exporting).split()),
+                export_roles=tuple(sorted({p.role for p in exporting})),
+            )
         desired.api[view.name] = view
 
 
@@ -319,7 +334,7 @@ def compile_policies(policies: PolicySet) -> Desired:
         _rule_policies(desired, rule)
         _rule_group_policies(desired, rule)
     desired.rules = tuple(policies.sharing_rules)
-    _api_views(desired, policies)
+    _api_views(desired, policies, paths)
     desired.access_paths = render(
         "access_paths.sql.j2",
         paths=paths,

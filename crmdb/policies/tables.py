@@ -281,6 +281,26 @@ TABLES: dict[str, Table] = {
             touch="updated_at",
         ),
         Table(
+            "exports",
+            (
+                "id",
+                "at",
+                "employee_id",
+                "actor_role",
+                "table_name",
+                "filter",
+                "fields",
+                "row_count",
+                "record_ids",
+                "project_ids",
+                "refused",
+                "reason",
+                "txid",
+            ),
+            owner="employee_id",
+            templates=False,
+        ),
+        Table(
             "notifications",
             (
                 "id",

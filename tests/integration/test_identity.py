@@ -269,17 +269,18 @@ def test_employee_has_no_table_privileges_anywhere(org, rep_a):
             (tables, rep_a),
         ).fetchall()
     # Expect no privilege on any crm table (catalog view of the same fact), but for
-    # crm.notifications: every employee reads their own (fixed policy crmdb_employee_own)
+    # crm.notifications and crm.exports: every employee reads their own (fixed policies
+    # crmdb_employee_own)
     assert "crm.customers" in tables and "crm_private.manager_tree" in tables
-    assert granted == [("crm.notifications",)]
+    assert granted == [("crm.exports",), ("crm.notifications",)]
     with org.connect_as("Rep_A") as conn:
         leaked = {}
         for table in tables:
             with contextlib.suppress(errors.InsufficientPrivilege):
                 leaked[table] = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
     # Expect every SELECT to be refused (no table answers, not even with 0 rows), but
-    # the notifications, which answer with Rep_A's own: none
-    assert leaked == {"crm.notifications": (0,)}
+    # the notifications and exports, which answer with Rep_A's own: none
+    assert leaked == {"crm.exports": (0,), "crm.notifications": (0,)}
 
 
 def test_employee_cannot_execute_admin_api(org):
