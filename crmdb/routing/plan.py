@@ -11,8 +11,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from crmdb.db import Target, connect, server_error
-from crmdb.errors import CrmdbError
+from crmdb import plans
+from crmdb.db import Target
 from crmdb.policies.model import Problem
 from crmdb.queries import query
 from crmdb.routing.model import Hours, QueueMember, Rule, RulesError, RuleSet
@@ -225,29 +225,18 @@ def make_plan(conn: psycopg.Connection, rules: RuleSet) -> RulesPlan:
 
 
 def plan(target: Target, rules: RuleSet) -> RulesPlan:
-    with connect(target) as conn:
-        try:
-            return make_plan(conn, rules)
-        except psycopg.Error as exc:
-            raise CrmdbError(f"planning failed: {server_error(exc)}") from None
-        finally:
-            conn.rollback()
+    return plans.plan(target, lambda conn: make_plan(conn, rules))
+
+
+def apply_in(conn: psycopg.Connection, rules: RuleSet) -> RulesPlan:
+    """Lock, plan and run the plan inside the caller's open transaction."""
+    conn.execute(query("rules_lock"))
+    return plans.run(conn, make_plan(conn, rules))
 
 
 def apply(target: Target, rules: RuleSet) -> RulesPlan:
     """Plan and apply in one transaction under a lock; on any error nothing changes."""
-    with connect(target) as conn:
-        try:
-            with conn.transaction():
-                conn.execute(query("rules_lock"))
-                result = make_plan(conn, rules)
-                for statement in result.statements:
-                    conn.execute(statement)  # generated here; every value a quoted literal
-                return result
-        except psycopg.Error as exc:
-            raise CrmdbError(
-                f"rules apply failed, nothing was changed: {server_error(exc)}"
-            ) from None
+    return plans.apply(target, "rules", lambda conn: apply_in(conn, rules))
 
 
-__all__ = ["RulesPlan", "apply", "make_plan", "plan"]
+__all__ = ["RulesPlan", "apply", "apply_in", "make_plan", "plan"]
