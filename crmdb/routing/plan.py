@@ -215,9 +215,76 @@ def check_references(conn: psycopg.Connection, rules: RuleSet) -> None:
         raise RulesError(sorted(problems, key=lambda p: (str(p.path), p.line, p.message)))
 
 
+def check_targets(conn: psycopg.Connection, rules: RuleSet) -> None:
+    """Every rule must reach somebody: RulesError names the line of each queue member
+    who is not in the project, and of each rule whose target (org unit, queue, list of
+    employees) holds no employee of the project who has not departed."""
+    problems: list[Problem] = []
+    units = [r for r in rules.rules if r.target_org_unit is not None]
+    counts: dict[int, int] = dict(
+        conn.execute(
+            query("rules_target_members"),
+            {
+                "projects": [r.project for r in units],
+                "units": [r.target_org_unit for r in units],
+                "subs": [r.include_sub_units for r in units],
+            },
+        ).fetchall()
+    )
+    for i, rule in enumerate(units, start=1):
+        if not counts.get(i):
+            scope = " or the units below it" if rule.include_sub_units else ""
+            problems.append(
+                Problem(
+                    rule.path,
+                    rule.line,
+                    f"rule {rule.name} matches nobody: no employee of org unit"
+                    f" {rule.target_org_unit}{scope} is a member of project {rule.project}",
+                )
+            )
+    outside = set(
+        conn.execute(
+            query("rules_non_members"),
+            {
+                "projects": [m.project for m in rules.members],
+                "employees": [m.employee for m in rules.members],
+            },
+        ).fetchall()
+    )
+    for m in rules.members:
+        if (m.project, m.employee) in outside:
+            problems.append(
+                Problem(
+                    m.path,
+                    m.line,
+                    f"{m.employee} in queue {m.queue} is not a member of project {m.project}:"
+                    " routing never picks them",
+                )
+            )
+    for rule in rules.rules:
+        queue = [
+            m
+            for m in rules.members
+            if (m.project, m.queue) == (rule.project, rule.target_queue)
+            and (m.project, m.employee) not in outside
+        ]
+        if rule.target_queue is not None and not queue:
+            problems.append(
+                Problem(
+                    rule.path,
+                    rule.line,
+                    f"rule {rule.name} matches nobody: no employee of queue"
+                    f" {rule.target_queue} is a member of project {rule.project}",
+                )
+            )
+    if problems:
+        raise RulesError(sorted(problems, key=lambda p: (str(p.path), p.line, p.message)))
+
+
 def make_plan(conn: psycopg.Connection, rules: RuleSet) -> RulesPlan:
     """The statements that bring the database to the files, in a safe order."""
     check_references(conn, rules)
+    check_targets(conn, rules)
     rule_deletes, rule_upserts = _rule_statements(conn, rules)
     member_deletes, member_upserts = _member_statements(conn, rules)
     hours = _hours_statements(conn, rules)
