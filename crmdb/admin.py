@@ -90,6 +90,17 @@ def offboard_employee(conn: psycopg.Connection, role: str, successor: str | None
     _one(conn, "offboard_employee", {"role": role, "successor": successor})
 
 
+def unowned_customers(conn: psycopg.Connection) -> list[tuple[Any, ...]]:
+    """Open customers without an active owner: (id, project, stage, owner, owner status,
+    pending event, its tries, when it is due)."""
+    return conn.execute(query("unowned_customers")).fetchall()
+
+
+def offboarding_report(conn: psycopg.Connection, role: str) -> list[tuple[Any, ...]]:
+    """Where a departed employee's customers went: (customer, new owner, strategy, rule)."""
+    return conn.execute(query("offboarding_report"), {"role": role}).fetchall()
+
+
 def end_sessions(conn: psycopg.Connection, role: str) -> int:
     """End the role's open sessions; call after the departure is committed."""
     return int(_one(conn, "end_sessions", {"role": role}))

@@ -286,7 +286,14 @@ def _status_command(verb: str, status: str, help_text: str) -> None:
         hidden=status != "departed",
         help="Who takes over their open customers, tasks and contracts (default: the rules).",
     )
-    def command(dsn: str | None, role: str, successor: str | None) -> None:
+    @click.option(
+        "--route/--no-route",
+        default=True,
+        hidden=status != "departed",
+        help="Hand their work on now, as `crmdb worker --once` would, and report where it"
+        " went (default), or leave it to the worker.",
+    )
+    def command(dsn: str | None, role: str, successor: str | None, route: bool) -> None:
         if successor and status != "departed":
             raise CrmdbError("--successor is only for deactivate")
         target = target_for(dsn)
@@ -300,6 +307,29 @@ def _status_command(verb: str, status: str, help_text: str) -> None:
             with connect(target) as conn:
                 ended = admin.end_sessions(conn, role)
             click.echo(f"{ended} open session(s) of {role} ended")
+            if route:
+                _report_offboarding(target, role)
+
+
+def _report_offboarding(target: Target, role: str) -> None:
+    """Run the routing batches now, then say where the departed employee's customers
+    went and which still wait (a worker may be applying some at the same moment)."""
+    from crmdb.worker.batch import drain
+
+    with connect(target, autocommit=True) as conn:
+        try:
+            drain(conn)
+        except psycopg.Error as exc:
+            click.echo(f"not routed now ({server_error(exc)}): `crmdb worker` hands it on")
+            return
+        moved = admin.offboarding_report(conn, role)
+        waiting = [r for r in admin.unowned_customers(conn) if r[3] == role]
+    click.echo(f"{len(moved)} open customer(s) of {role} moved, {len(waiting)} waiting")
+    if moved:
+        echo_rows(["customer", "to", "strategy", "rule"], moved)
+    if waiting:
+        click.echo("still waiting (nobody to take them; `crmdb unowned` lists them):")
+        echo_rows(["customer", "pending", "tries", "due"], [(r[0], *r[5:]) for r in waiting])
 
 
 _status_command("leave", "on_leave", "Put an employee on leave (routing skips them).")
@@ -728,6 +758,22 @@ def rules_apply(dsn: str | None, directory: str | None, yes: bool) -> None:
         return
     done = rules_plan_module.apply(target, rules)
     click.echo(f"applied {len(done.statements)} statement(s) to {target.describe()}")
+
+
+@main.command("unowned")
+@dsn_option
+def unowned_cmd(dsn: str | None) -> None:
+    """List open customers without an active owner. Exit 0: none; 3: some."""
+    with connect(target_for(dsn)) as conn:
+        rows = admin.unowned_customers(conn)
+    if not rows:
+        click.echo("every open customer has an active owner", err=True)
+        return
+    echo_rows(
+        ["customer", "project", "stage", "owner", "owner status", "pending", "tries", "due"], rows
+    )
+    click.echo(f"{len(rows)} open customer(s) without an active owner", err=True)
+    sys.exit(3)
 
 
 @main.command("worker")

@@ -335,3 +335,54 @@ SELECT table_name, field_group, name, data_type::text FROM crm.custom_fields ORD
 -- field_masks --
 -- Masked fields as crmdb policy apply last wrote them
 SELECT table_name, column_name, keep_last FROM crm_private.field_masks
+
+-- unowned_customers --
+-- Open customers without an active owner (none, or departed), with what the engine is
+-- doing about each: the pending event, its tries and when it is due next
+SELECT c.id, p.code AS project, c.stage::text, o.role_name::text AS owner,
+       CASE WHEN c.owner_id IS NULL THEN 'none' ELSE o.status::text END AS owner_status,
+       e.kind::text AS pending, e.attempts, e.due_at
+  FROM crm.customers AS c
+  JOIN crm.projects AS p ON p.id = c.project_id
+  LEFT JOIN crm.employees AS o ON o.id = c.owner_id
+  LEFT JOIN LATERAL (SELECT x.kind, x.attempts, x.due_at FROM crm_private.routing_events AS x
+                      WHERE x.customer_id = c.id ORDER BY x.id LIMIT 1) AS e ON true
+ WHERE c.stage <> 'lost' AND (c.owner_id IS NULL OR o.status = 'departed')
+ ORDER BY c.id
+
+-- offboarding_report --
+-- Where a departed employee's customers went since their departure: customer, new
+-- owner, strategy, rule
+SELECT h.customer_id, t.role_name::text AS to_employee, h.strategy, h.rule_name
+  FROM crm.assignment_history AS h
+  JOIN crm.employees AS f ON f.id = h.from_employee_id
+  JOIN crm.employees AS t ON t.id = h.to_employee_id
+ WHERE f.role_name = %(role)s AND h.reason = 'offboarding'
+   AND h.at >= coalesce(f.departed_at, '-infinity')
+ ORDER BY h.customer_id
+
+-- rules_target_members --
+-- For each (project, org unit, sub-units) a rule targets: how many employees of the
+-- unit (or its subtree) are members of the project and not departed
+SELECT t.i, count(DISTINCT e.id)
+  FROM unnest(%(projects)s::text[], %(units)s::text[], %(subs)s::boolean[])
+       WITH ORDINALITY AS t(project, unit, subs, i)
+  JOIN crm.org_units AS u ON u.code = t.unit
+  JOIN crm.projects AS p ON p.code = t.project
+  LEFT JOIN crm_private.org_unit_tree AS ut
+    ON ut.ancestor_id = u.id AND (t.subs OR ut.depth = 0)
+  LEFT JOIN crm.employees AS e
+    ON e.org_unit_id = ut.descendant_id AND e.status <> 'departed'
+   AND EXISTS (SELECT FROM crm.project_members AS pm
+                WHERE pm.project_id = p.id AND pm.employee_id = e.id)
+ GROUP BY t.i
+ ORDER BY t.i
+
+-- rules_non_members --
+-- Which (project, employee) pairs of the rules files' queues are not project members
+SELECT t.project, t.employee
+  FROM unnest(%(projects)s::text[], %(employees)s::text[]) AS t(project, employee)
+ WHERE NOT EXISTS (SELECT FROM crm.project_members AS pm
+                     JOIN crm.projects AS p ON p.id = pm.project_id
+                     JOIN crm.employees AS e ON e.id = pm.employee_id
+                    WHERE p.code = t.project AND e.role_name = t.employee)

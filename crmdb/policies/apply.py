@@ -4,8 +4,8 @@ from pathlib import Path
 
 import psycopg
 
-from crmdb.db import Target, connect, server_error
-from crmdb.errors import CrmdbError
+from crmdb import plans
+from crmdb.db import Target
 from crmdb.policies.compile import Desired, compile_policies
 from crmdb.policies.model import PolicyError, load_policies
 from crmdb.policies.plan import Plan, make_plan
@@ -19,35 +19,19 @@ def load_desired(directory: Path | None = None) -> Desired:
 
 
 def plan(target: Target, desired: Desired) -> Plan:
-    with connect(target) as conn:
-        try:
-            return make_plan(conn, desired)
-        except psycopg.Error as exc:
-            raise CrmdbError(f"planning failed: {server_error(exc)}") from None
-        finally:
-            conn.rollback()
+    return plans.plan(target, lambda conn: make_plan(conn, desired))
 
 
 def apply_in(conn: psycopg.Connection, desired: Desired) -> Plan:
     """Lock, plan and run the plan inside the caller's open transaction."""
     conn.execute(query("policy_lock"))
     conn.execute(query("policy_lock_timeout"))
-    result = make_plan(conn, desired)
-    for statement in result.statements:
-        conn.execute(statement)  # generated from our jinja templates, not user input
-    return result
+    return plans.run(conn, make_plan(conn, desired))
 
 
 def apply(target: Target, desired: Desired) -> Plan:
     """Apply in one transaction; on any error nothing is changed."""
-    with connect(target) as conn:
-        try:
-            with conn.transaction():
-                return apply_in(conn, desired)
-        except psycopg.Error as exc:
-            raise CrmdbError(
-                f"policy apply failed, nothing was changed: {server_error(exc)}"
-            ) from None
+    return plans.apply(target, "policy", lambda conn: apply_in(conn, desired))
 
 
 __all__ = ["PolicyError", "apply", "apply_in", "load_desired", "plan"]

@@ -24,6 +24,12 @@ class Table:
     # Columns that say who and where a row belongs; an update through a scope that
     # cannot insert must leave them as they are.
     anchors: tuple[str, ...] = field(default=())
+    # The column that gives a row to someone (its owner, the employee who must do it,
+    # who granted it). Only scopes bounded by it (own, subordinates) may choose it;
+    # every other scope inserts it as the writer (or NULL where `routed`: the routing
+    # engine picks) and leaves it unchanged on update. See scopes.sql.j2, keeps_assignee.
+    assignee: str | None = None
+    routed: bool = False  # a NULL assignee waits for the routing engine
     touch: str = "id"  # a column `crmdb policy test` sets to itself to probe UPDATE
     # False: the table has fixed policies of its own in sql/schema.sql (named crmdb_*,
     # e.g. every employee reads their own notifications); templates may not name it.
@@ -86,6 +92,8 @@ TABLES: dict[str, Table] = {
             project="project_id",
             customer="id",
             anchors=("owner_id", "project_id", "org_unit_id"),
+            assignee="owner_id",
+            routed=True,
             touch="updated_at",
         ),
         Table(
@@ -106,6 +114,7 @@ TABLES: dict[str, Table] = {
             project="project_id",
             customer="customer_id",
             anchors=("owner_id", "project_id", "customer_id"),
+            assignee="owner_id",
             touch="updated_at",
         ),
         Table(
@@ -127,6 +136,7 @@ TABLES: dict[str, Table] = {
             owner="employee_id",
             customer="customer_id",
             anchors=("employee_id", "customer_id"),
+            assignee="employee_id",
             touch="updated_at",
         ),
         Table(
@@ -145,6 +155,7 @@ TABLES: dict[str, Table] = {
             owner="granted_by",
             customer="customer_id",
             anchors=("customer_id", "grantee_employee_id", "grantee_org_unit_id", "granted_by"),
+            assignee="granted_by",
             touch="reason",
         ),
         Table(

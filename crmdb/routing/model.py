@@ -395,6 +395,8 @@ def _file(r: _Reader, doc: Any, result: RuleSet) -> None:
             r.error(line, f"rule {rule.name} lists employees, and a queue of that name exists")
         queues += own
         result.rules.append(rule)
+    _check_targets(r, project, [x for x in result.rules if x.project == project], queues)
+    _check_catch_all(r, project, [x for x in result.rules if x.project == project], doc)
     seen: set[tuple[str, str]] = set()
     for member in queues:
         key = (member.queue, member.employee)
@@ -402,6 +404,63 @@ def _file(r: _Reader, doc: Any, result: RuleSet) -> None:
             r.error(member.line, f"{member.employee} is twice in queue {member.queue}")
         seen.add(key)
     result.members += queues
+
+
+def _check_targets(r: _Reader, project: str, rules: list[Rule], queues: list[QueueMember]) -> None:
+    """A queue target must be one of the file's queues: the file owns its project's
+    queues, so any other would be empty once applied (a rule that matches nobody)."""
+    defined = {m.queue for m in queues}
+    for rule in rules:
+        if rule.target_queue is not None and rule.target_queue not in defined:
+            r.error(
+                rule.line,
+                f"rule {rule.name} targets queue {rule.target_queue}, which this file does"
+                " not define: the rule would match nobody",
+            )
+
+
+def is_catch_all(rule: Rule) -> bool:
+    """An enabled assignment rule without conditions: it matches every new customer."""
+    conditions = (rule.sources, rule.provinces, rule.product_interests, rule.stages)
+    return (
+        rule.enabled
+        and rule.kind == "assign"
+        and all(c is None for c in conditions)
+        and rule.min_score is None
+        and rule.max_score is None
+    )
+
+
+def _check_catch_all(r: _Reader, project: str, rules: list[Rule], doc: Mapping) -> None:
+    """Every project's assignment rules end in a catch-all, so that the rules place every
+    new customer (what still finds no rule goes to the project's triage at run time)."""
+    assign = [x for x in rules if x.kind == "assign" and x.enabled]
+    catch_alls = [x for x in assign if is_catch_all(x)]
+    if not catch_alls:
+        line = doc.line_of("rules") if "rules" in doc else doc.line_of("project")
+        r.error(
+            line,
+            f"project {project} has no catch-all rule: end its rules with an assignment rule"
+            " without 'when' (e.g. target: {queue: triage}), or new customers no rule"
+            " matches are left to the project's triage",
+        )
+        return
+    first = min(catch_alls, key=lambda x: x.priority)
+    for rule in assign:
+        if rule is first:
+            continue
+        if rule.priority > first.priority:
+            r.error(
+                rule.line,
+                f"rule {rule.name} (priority {rule.priority}) comes after the catch-all"
+                f" {first.name} (priority {first.priority}): it can never match",
+            )
+        elif rule.priority == first.priority:
+            r.error(
+                rule.line,
+                f"rule {rule.name} has the priority of the catch-all {first.name}"
+                f" ({first.priority}): give the catch-all the highest priority number",
+            )
 
 
 def load_rules(directory: Path) -> RuleSet:

@@ -11,8 +11,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from crmdb.db import Target, connect, server_error
-from crmdb.errors import CrmdbError
+from crmdb import plans
+from crmdb.db import Target
 from crmdb.policies.model import Problem
 from crmdb.queries import query
 from crmdb.routing.model import Hours, QueueMember, Rule, RulesError, RuleSet
@@ -215,9 +215,76 @@ def check_references(conn: psycopg.Connection, rules: RuleSet) -> None:
         raise RulesError(sorted(problems, key=lambda p: (str(p.path), p.line, p.message)))
 
 
+def check_targets(conn: psycopg.Connection, rules: RuleSet) -> None:
+    """Every rule must reach somebody: RulesError names the line of each queue member
+    who is not in the project, and of each rule whose target (org unit, queue, list of
+    employees) holds no employee of the project who has not departed."""
+    problems: list[Problem] = []
+    units = [r for r in rules.rules if r.target_org_unit is not None]
+    counts: dict[int, int] = dict(
+        conn.execute(
+            query("rules_target_members"),
+            {
+                "projects": [r.project for r in units],
+                "units": [r.target_org_unit for r in units],
+                "subs": [r.include_sub_units for r in units],
+            },
+        ).fetchall()
+    )
+    for i, rule in enumerate(units, start=1):
+        if not counts.get(i):
+            scope = " or the units below it" if rule.include_sub_units else ""
+            problems.append(
+                Problem(
+                    rule.path,
+                    rule.line,
+                    f"rule {rule.name} matches nobody: no employee of org unit"
+                    f" {rule.target_org_unit}{scope} is a member of project {rule.project}",
+                )
+            )
+    outside = set(
+        conn.execute(
+            query("rules_non_members"),
+            {
+                "projects": [m.project for m in rules.members],
+                "employees": [m.employee for m in rules.members],
+            },
+        ).fetchall()
+    )
+    for m in rules.members:
+        if (m.project, m.employee) in outside:
+            problems.append(
+                Problem(
+                    m.path,
+                    m.line,
+                    f"{m.employee} in queue {m.queue} is not a member of project {m.project}:"
+                    " routing never picks them",
+                )
+            )
+    for rule in rules.rules:
+        queue = [
+            m
+            for m in rules.members
+            if (m.project, m.queue) == (rule.project, rule.target_queue)
+            and (m.project, m.employee) not in outside
+        ]
+        if rule.target_queue is not None and not queue:
+            problems.append(
+                Problem(
+                    rule.path,
+                    rule.line,
+                    f"rule {rule.name} matches nobody: no employee of queue"
+                    f" {rule.target_queue} is a member of project {rule.project}",
+                )
+            )
+    if problems:
+        raise RulesError(sorted(problems, key=lambda p: (str(p.path), p.line, p.message)))
+
+
 def make_plan(conn: psycopg.Connection, rules: RuleSet) -> RulesPlan:
     """The statements that bring the database to the files, in a safe order."""
     check_references(conn, rules)
+    check_targets(conn, rules)
     rule_deletes, rule_upserts = _rule_statements(conn, rules)
     member_deletes, member_upserts = _member_statements(conn, rules)
     hours = _hours_statements(conn, rules)
@@ -225,29 +292,18 @@ def make_plan(conn: psycopg.Connection, rules: RuleSet) -> RulesPlan:
 
 
 def plan(target: Target, rules: RuleSet) -> RulesPlan:
-    with connect(target) as conn:
-        try:
-            return make_plan(conn, rules)
-        except psycopg.Error as exc:
-            raise CrmdbError(f"planning failed: {server_error(exc)}") from None
-        finally:
-            conn.rollback()
+    return plans.plan(target, lambda conn: make_plan(conn, rules))
+
+
+def apply_in(conn: psycopg.Connection, rules: RuleSet) -> RulesPlan:
+    """Lock, plan and run the plan inside the caller's open transaction."""
+    conn.execute(query("rules_lock"))
+    return plans.run(conn, make_plan(conn, rules))
 
 
 def apply(target: Target, rules: RuleSet) -> RulesPlan:
     """Plan and apply in one transaction under a lock; on any error nothing changes."""
-    with connect(target) as conn:
-        try:
-            with conn.transaction():
-                conn.execute(query("rules_lock"))
-                result = make_plan(conn, rules)
-                for statement in result.statements:
-                    conn.execute(statement)  # generated here; every value a quoted literal
-                return result
-        except psycopg.Error as exc:
-            raise CrmdbError(
-                f"rules apply failed, nothing was changed: {server_error(exc)}"
-            ) from None
+    return plans.apply(target, "rules", lambda conn: apply_in(conn, rules))
 
 
-__all__ = ["RulesPlan", "apply", "make_plan", "plan"]
+__all__ = ["RulesPlan", "apply", "apply_in", "make_plan", "plan"]

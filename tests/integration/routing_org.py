@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo
 import psycopg
 
 from crmdb import admin
+from crmdb.queries import query
 from crmdb.testing.scratch import TEST_PASSWORD, ScratchDatabase
 from crmdb.worker.batch import BatchResult, drain
 
@@ -124,6 +125,27 @@ class RoutingOrg:
 
     def set_status(self, key: str, status: str) -> None:
         admin.set_employee_status(self.conn, self.role(key), status)
+
+    def make_admin(self, key: str, project: str = "p1", solution: str = "management") -> None:
+        """`key` holds the admin template in `project` (for one of its solutions)."""
+        admin.add_project_member(self.conn, project, self.role(key), solution, "admin")
+
+    def unowned(self) -> dict[int, tuple[Any, ...]]:
+        """crmdb unowned: customer -> (owner, owner status, pending event, attempts)."""
+        rows = self.conn.execute(query("unowned_customers")).fetchall()
+        return {r[0]: (self.key_of_role(r[3]), r[4], r[5], r[6]) for r in rows}
+
+    def key_of_role(self, role: str | None) -> str | None:
+        return next((k for k in self.ids if self.role(k) == role), None)
+
+    def notifications(self, customer_id: int) -> list[tuple[Any, ...]]:
+        """(to, kind, subject) of a customer's notifications, oldest first."""
+        rows = self.conn.execute(
+            "SELECT employee_id, kind, subject FROM crm.notifications"
+            " WHERE customer_id = %s ORDER BY id",
+            [customer_id],
+        ).fetchall()
+        return [(self.key(r[0]), r[1], r[2]) for r in rows]
 
 
 def build_routing_org(db: ScratchDatabase) -> RoutingOrg:

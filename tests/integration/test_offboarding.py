@@ -4,9 +4,11 @@ contracts go on by the rules, or to a named successor; nothing keeps a departed 
 from collections.abc import Iterator
 
 import pytest
-from routing_org import RoutingOrg, routing_org
+from click.testing import CliRunner
+from routing_org import MONDAY, RoutingOrg, at, routing_org
 
 from crmdb import admin
+from crmdb.cli import main
 
 
 @pytest.fixture
@@ -111,3 +113,69 @@ def test_a_successor_must_be_active(org):
     org.set_status("s3", "on_leave")
     with pytest.raises(Exception, match="cannot take over"):
         admin.offboard_employee(org.conn, org.role("s1"), org.role("s3"))
+
+
+def test_without_a_rule_or_an_active_manager_the_project_admins_take_over(org):
+    org.make_admin("c1")
+    ids = give_work(org, "boss", 2)  # boss reports to nobody
+    admin.offboard_employee(org.conn, org.role("boss"))
+    org.route()
+    # Expect p1's admin to take everything, told it was escalated
+    assert org.owners(ids) == ["c1", "c1"]
+    assert left_with(org, "boss") == {"customers": 0, "open activities": 0, "open contracts": 0}
+    assert org.history(ids[0])[0][3:5] == ("project_admin", "offboarding")
+    assert org.notifications(ids[0])[0][:2] == ("c1", "escalated")
+
+
+def test_an_on_leave_manager_is_passed_over_for_the_next_one_up(org):
+    org.set_status("lead", "on_leave")
+    ids = give_work(org, "s1", 1)
+    admin.offboard_employee(org.conn, org.role("s1"))
+    org.route()
+    # Expect boss: lead, s1's manager, is on leave
+    assert org.owners(ids) == ["boss"]
+
+
+def test_with_nobody_to_take_over_the_customers_wait_and_are_listed(org):
+    ids = give_work(org, "boss", 2)
+    admin.offboard_employee(org.conn, org.role("boss"))
+    org.route()
+    # Expect no manager and no admin: nothing moves, nothing is dropped, and both are
+    # listed as owned by a departed employee, their offboarding retried
+    assert org.owners(ids) == ["boss", "boss"]
+    assert org.unowned() == {c: ("boss", "departed", "offboard_customer", 1) for c in ids}
+    # Expect an admin appointed later to get them at the next try
+    org.make_admin("c2")
+    org.route(at(MONDAY, 0.1))
+    assert org.owners(ids) == ["c2", "c2"] and org.unowned() == {}
+
+
+def test_deactivate_reports_what_moved_where_and_unowned_lists_the_rest(org, db):
+    org.rule("team", target_org_unit="sales", strategy="least_loaded", provinces=["Hà Nội"])
+    moved = give_work(org, "s1", 2)
+    org.conn.execute("UPDATE crm.customers SET province = 'Hà Nội' WHERE id = ANY (%s)", [moved])
+    stuck = give_work(org, "boss", 1)  # no rule, manager or admin: nobody takes it
+    run = CliRunner().invoke(main, ["unowned", "--dsn", db.target.conninfo])
+    # Expect nothing to list yet: exit 0
+    assert run.exit_code == 0, run.output
+    for key in ("s1", "boss"):
+        run = CliRunner().invoke(
+            main, ["employee", "deactivate", org.role(key), "--dsn", db.target.conninfo]
+        )
+        assert run.exit_code == 0, run.output
+        if key == "s1":
+            # Expect each customer with its new owner and the strategy
+            assert "2 open customer(s) of " + org.role("s1") + " moved, 0 waiting" in run.output
+            for customer, owner in zip(moved, org.owners(moved), strict=True):
+                assert owner in ("lead", "s2", "s3")
+                row = [str(customer), org.role(owner), "least_loaded", "team"]
+                assert row in [line.split() for line in run.output.splitlines()]
+        else:
+            assert "0 open customer(s) of " + org.role("boss") + " moved, 1 waiting" in run.output
+    run = CliRunner().invoke(main, ["unowned", "--dsn", db.target.conninfo])
+    # Expect boss's customer listed, with its pending offboarding: exit 3
+    assert run.exit_code == 3
+    (line,) = [x for x in run.stdout.splitlines()[1:]]
+    assert line.split()[:7] == [
+        str(stuck[0]), "p1", "lead", org.role("boss"), "departed", "offboard_customer", "1",
+    ]  # fmt: skip

@@ -280,8 +280,14 @@ def test_admin_works_every_record_of_their_project(org):
         assert count(conn, DELETE, (org.id("c3"),)) == 0
         # Expect p1's contracts, not k3 (p2)
         assert org.visible(conn, "contracts") == {"k1", "k2", "k4"}
-        # Expect the insert in p1 to work, for any owner
-        assert count(conn, INSERT, (p1, None, org.emp("rep_b"), "manual", "lead")) == 1
+        # Expect the insert in p1 to work unowned (routing assigns it) or as adm's own ...
+        assert count(conn, INSERT, (p1, None, None, "manual", "lead")) == 1
+        assert count(conn, INSERT, (p1, None, org.emp("adm"), "manual", "lead")) == 1
+        # ... and a refusal for anyone else: a project scope does not bound the owner,
+        # so through it adm may not give records away (issue 8)
+        refused(conn, INSERT, (p1, None, org.emp("rep_b"), "manual", "lead"))
+        # Expect a refusal: reassigning c2 by hand (the routing engine does that)
+        refused(conn, UPDATE.format("owner_id"), (org.emp("rep_a"), org.id("c2")))
         # Expect a refusal in p2
         refused(conn, INSERT, (p2, None, None, "manual", "lead"))
         # Expect a refusal: moving c1 out of adm's project
@@ -412,6 +418,10 @@ def test_call_center_criteria(org):
         refused(conn, UPDATE.format("stage"), ("qualified", org.id("c5")))
         # Expect the insert of a new chat lead to work, and of a web form lead to fail
         assert count(conn, INSERT, (p1, None, None, "chat", "lead")) == 1
+        # Expect refusals: the lead's owner is the routing engine's choice, not the call
+        # centre's, on insert and on update (issue 8)
+        refused(conn, INSERT, (p1, None, org.emp("rep_a"), "chat", "lead"))
+        refused(conn, UPDATE.format("owner_id"), (org.emp("rep_a"), org.id("c5")))
         refused(conn, INSERT, (p1, None, None, "web_form", "lead"))
         # Expect 0 rows: c1 came from the web form
         assert count(conn, NOTES, (org.id("c1"),)) == 0

@@ -34,6 +34,37 @@ def test_new_unowned_customers_record_one_event_each_and_owned_ones_none(org):
     assert org.pending_events() == 3
 
 
+def notifications_of(db, work) -> list[str]:
+    """The routing wake-ups a listener receives while `work` commits."""
+    with db.connect() as listener:
+        listener.execute("LISTEN crmdb_routing")
+        work()
+        return [n.channel for n in listener.notifies(timeout=1, stop_after=5)]
+
+
+def test_one_wake_up_per_transaction_whatever_records_events(org, db):
+    org.rule("rr", target_org_unit="sales")
+    (owned,) = org.customers(1, owner_id=org.ids["s1"])
+
+    def many() -> None:
+        with org.conn.transaction():
+            org.customers(2)
+            org.conn.execute("UPDATE crm.customers SET stage = 'qualified' WHERE id = %s", [owned])
+            org.set_status("c1", "on_leave")
+
+    def none() -> None:
+        org.customers(2, owner_id=org.ids["s1"])
+
+    # Expect one wake-up for three statements recording events of three kinds
+    assert notifications_of(db, many) == ["crmdb_routing"]
+    # Expect none for a statement that records nothing (owned customers)
+    assert notifications_of(db, none) == []
+    # Expect the engine's own events (a departure's customers) to wake workers too
+    org.route()
+    org.set_status("s1", "departed")
+    assert notifications_of(db, org.route) == ["crmdb_routing"]
+
+
 def test_events_wake_listeners_once_per_transaction(org, db):
     with db.connect() as listener:
         listener.execute("LISTEN crmdb_routing")
@@ -117,6 +148,95 @@ def test_keep_with_team_keeps_the_owner_or_their_team(org):
     assert org.history(kept)[0][:5] == ("s1", "s1", "keep", "keep_with_team", "handoff")
 
 
+def test_keep_with_team_respects_capacity(org):
+    org.rule("keep", target_org_unit="sales", strategy="keep_with_team", max_open=2)
+    org.customers(2, owner_id=org.ids["lead"])
+    org.customers(2, owner_id=org.ids["s2"])
+    mine = org.customers(3, owner_id=org.ids["s1"])
+    org.set_status("s1", "departed")
+    org.route()
+    # Expect s3 (the only team mate with room) to take 2, up to max_open; the third goes
+    # to s1's nearest active manager (lead), not over s3's capacity
+    assert org.owners(mine) == ["s3", "s3", "lead"]
+    assert [org.history(c)[0][3] for c in mine] == ["keep_with_team"] * 2 + ["manager"]
+
+
+def test_keep_with_team_keeps_a_hand_off_with_an_owner_at_capacity(org):
+    org.rule(
+        "keep", kind="handoff", on_stage="qualified", target_org_unit="sales",
+        strategy="keep_with_team", max_open=2,
+    )  # fmt: skip
+    first, _ = org.customers(2, owner_id=org.ids["s1"])
+    org.conn.execute("UPDATE crm.customers SET stage = 'qualified' WHERE id = %s", [first])
+    org.route()
+    # Expect s1 to keep it: it is already one of s1's two open customers
+    assert org.owners([first]) == ["s1"]
+
+
+# Nothing unowned is dropped ----------------------------------------------------------
+
+
+def test_an_unmatched_customer_goes_to_the_triage_queue(org):
+    org.rule("web", target_org_unit="sales", sources=["web_form"])
+    org.queue("triage", {"c1": 1, "c2": 1})
+    new = org.customers(4, source="chat")
+    org.route()
+    # Expect the triage queue, least loaded first: two each, with the reason on record
+    assert org.counts(new) == {"c1": 2, "c2": 2}
+    assert org.history(new[0])[0][1:] == ("c1", None, "triage", "unmatched", 0)
+    owner, kind, subject = org.notifications(new[0])[0]
+    assert (owner, kind) == ("c1", "assigned") and "no routing rule" in subject
+    assert org.pending_events() == 0
+
+
+def test_without_a_triage_queue_the_project_admins_take_it(org):
+    org.make_admin("boss")
+    org.make_admin("o1", project="p2", solution="sales")  # another project's admin: never
+    (new,) = org.customers(1)
+    org.route()
+    # Expect boss (p1's admin), told it was escalated
+    assert org.owners([new]) == ["boss"]
+    assert org.history(new)[0][3:5] == ("project_admin", "unmatched")
+    assert org.notifications(new)[0][:2] == ("boss", "escalated")
+
+
+def test_triage_skips_on_leave_and_non_members(org):
+    org.queue("triage", {"c1": 1, "o1": 1})  # o1 is not in p1
+    org.set_status("c1", "on_leave")
+    org.make_admin("c2")
+    (new,) = org.customers(1)
+    org.route()
+    # Expect neither c1 (on leave) nor o1 (not a member): p1's admin c2
+    assert org.owners([new]) == ["c2"]
+
+
+def test_nobody_eligible_waits_then_overflows_to_triage_after_an_hour(org):
+    org.rule("care", target_org_unit="care")
+    org.queue("triage", {"lead": 1})
+    org.set_status("c1", "on_leave")
+    org.set_status("c2", "on_leave")
+    (new,) = org.customers(1)
+    for attempt in range(11):  # every 5 minutes for 55 minutes: it waits
+        org.route(at(MONDAY, attempt * 5 / 60))
+        assert org.owners([new]) == [None]
+    assert org.unowned()[new][1:] == ("none", "customer_created", 11)
+    org.route(at(MONDAY, 55 / 60))
+    # Expect the 12th try (an hour) to hand it to triage, naming the rule that found nobody
+    assert org.owners([new]) == ["lead"]
+    assert org.history(new)[0][1:5] == ("lead", "care", "triage", "overflow")
+    assert org.notifications(new)[0][:2] == ("lead", "escalated")
+    assert org.unowned() == {}
+
+
+def test_a_stage_without_a_hand_off_rule_moves_nothing(org):
+    org.make_admin("boss")
+    (customer,) = org.customers(1, owner_id=org.ids["s1"])
+    org.conn.execute("UPDATE crm.customers SET stage = 'customer' WHERE id = %s", [customer])
+    org.route()
+    # Expect s1 to keep the customer: it has an active owner, nothing to hand off
+    assert org.owners([customer]) == ["s1"] and org.pending_events() == 0
+
+
 # Eligibility ------------------------------------------------------------------------
 
 
@@ -164,9 +284,13 @@ def test_disabled_and_other_projects_rules_do_not_apply(org):
     org.rule("p2", project="p2", target_org_unit="other")
     new = org.customers(2)
     org.route()
-    # Expect nothing routed: the only p1 rule is disabled
+    # Expect nothing routed: the only p1 rule is disabled, and p1 has no triage queue
+    # or admin to fall back on; the events are not dropped: they wait and retry
     assert org.owners(new) == [None, None]
-    assert org.pending_events() == 0
+    assert org.pending_events() == 2
+    assert {c: row[1:] for c, row in org.unowned().items()} == {
+        c: ("none", "customer_created", 1) for c in new
+    }
 
 
 # Business hours ----------------------------------------------------------------------

@@ -29,6 +29,9 @@ rules:
     target: {{org_unit: sales}}
     business_hours: true
     sla: {{minutes: 30, max_hops: 1}}
+  - name: rest
+    priority: 900
+    target: {{queue: care}}
   - name: won
     on_stage: customer
     target: {{queue: care}}
@@ -82,6 +85,7 @@ def test_plan_apply_plan_round_trip(org, db, tmp_path):
     applied = crmdb(db, "rules", "apply", directory, "--yes")
     assert applied.exit_code == 0, applied.output
     assert org.conn.execute(STATE).fetchall() == [
+        ("rest", "assign", 900, None, None, "round_robin", "care", None),
         ("web", "assign", 10, ["web_form"], ["Hà Nội", "O'Mon"], "round_robin", None, 30),
         ("won", "handoff", 100, None, None, "weighted", "care", None),
     ]
@@ -114,7 +118,7 @@ def test_other_projects_rules_are_left_alone(org, db, tmp_path):
     crmdb(db, "rules", "apply", str(rules_dir(tmp_path, org)), "--yes")
     # Expect p2's rule (managed in SQL) kept: the files name only p1
     names = [r[0] for r in org.conn.execute("SELECT name FROM crm.routing_rules ORDER BY 1")]
-    assert names == ["by-sql", "web", "won"]
+    assert names == ["by-sql", "rest", "web", "won"]
 
 
 def test_unknown_references_name_their_line_and_change_nothing(org, db, tmp_path):
@@ -148,6 +152,33 @@ def test_a_failing_statement_rolls_everything_back(org, db, tmp_path):
     result = crmdb(db, "rules", "apply", str(rules_dir(tmp_path, org)), "--yes")
     assert result.exit_code == 1
     assert result.output.startswith("Error: rules apply failed, nothing was changed:")
+    assert state(org) == []
+
+
+def test_a_rule_that_matches_nobody_names_its_line_and_changes_nothing(org, db, tmp_path):
+    # o1 is in p2 only; unit care has nobody in p1 once c1 and c2 leave the project
+    text = FILE.replace("{c1}, {{employee: {c2}, weight: 2}}", "{o1}")
+    org.conn.execute("DELETE FROM crm.project_members WHERE employee_id = ANY (%s)",
+                     [[org.ids["c1"], org.ids["c2"]]])  # fmt: skip
+    text = text.replace("org_unit: sales}", "org_unit: care}")
+    directory = tmp_path / "rules"
+    directory.mkdir()
+    (directory / "p1.yaml").write_text(text.format(o1=org.role("o1")), encoding="utf-8")
+    for command in (["plan"], ["apply", "--yes"]):
+        result = crmdb(db, "rules", *command, str(directory))
+        # Expect exit 1 and a line for the member and for each rule that reaches nobody
+        assert result.exit_code == 1, result.output
+        lines = result.output.strip().removeprefix("Error: ").splitlines()
+        assert lines == [
+            f"{directory}/p1.yaml:6: {org.role('o1')} in queue care is not a member of"
+            " project p1: routing never picks them",
+            f"{directory}/p1.yaml:8: rule web matches nobody: no employee of org unit care"
+            " is a member of project p1",
+            f"{directory}/p1.yaml:14: rule rest matches nobody: no employee of queue care"
+            " is a member of project p1",
+            f"{directory}/p1.yaml:17: rule won matches nobody: no employee of queue care"
+            " is a member of project p1",
+        ]
     assert state(org) == []
 
 

@@ -20,6 +20,11 @@ PostgreSQL and compares, employee by employee.
     sharing rules  rows matching where (in the rule's project) for the rule's audience
                    (org unit, sub-units, named employees), select, and update for edit
                    rules; only as far as the employee's table privileges go
+    giving away    an employee can never make a customer someone else's beyond their
+                   reach (themselves and their subordinates), whatever the scope: only
+                   own and subordinates bound the owner, every other scope keeps it
+                   (issue 8: a criteria scope with insert and update let the call centre
+                   hand leads to anyone). Visibility and no-op updates are unchanged.
 """
 
 from collections.abc import Callable
@@ -348,3 +353,16 @@ def access(world: World, employee: int, rules: tuple[Rule, ...] | None = None) -
         if "update" in have
         else None,
     )
+
+
+def out_of_reach(world: World, employee: int, customer: int) -> int | None:
+    """Someone to whom `employee` may not give the customer: neither themselves, nor
+    anyone below them, nor its owner already (None when there is nobody such)."""
+    employees = final_employees(world)
+    reach = subordinates(employees, employee) | {employee, world.customers[customer].owner}
+    return next((e for e in range(len(employees)) if e not in reach), None)
+
+
+def given_away(world: World, employee: int) -> frozenset[int]:
+    """Customers `employee` can give to out_of_reach(): none, through any scope."""
+    return frozenset()

@@ -47,9 +47,11 @@ from model import (
     effective_scopes,
     employees_after,
     final_employees,
+    given_away,
     grants,
     holdings,
     move_is_valid,
+    out_of_reach,
     rules_without_audience,
 )
 from psycopg import errors, sql
@@ -482,6 +484,31 @@ def observe(conn: psycopg.Connection, role: str | None, world: World) -> tuple[O
     return _attempt(conn, role, VISIBLE), _attempt(conn, role, UPDATABLE, ids)
 
 
+GIVE = "UPDATE crm.customers SET owner_id = %s WHERE id = %s RETURNING id"
+
+
+def observe_giving(
+    conn: psycopg.Connection, role: str, built: Built, employee: int
+) -> frozenset[int]:
+    """Customers the employee could hand to someone out of their reach, tried one by
+    one among those the model lets them update (a refused row fails its statement)."""
+    world = built.world
+    updatable = access(world, employee, built.rules).updatable
+    given: set[int] = set()
+    for i in sorted(updatable or ()):
+        outsider = out_of_reach(world, employee, i)
+        if outsider is None:
+            continue
+        try:
+            with acting(conn, role):
+                found = conn.execute(GIVE, (built.employee_ids[outsider], ID_BASE + i))
+                if found.fetchall():
+                    given.add(i)
+        except errors.InsufficientPrivilege:
+            continue
+    return frozenset(given)
+
+
 # Explaining a difference -------------------------------------------------------------
 
 
@@ -582,6 +609,12 @@ def test_row_access_matches_the_model(scratch, case):
             for e in range(len(world.employees)):
                 got = observe(conn, built.role(e), world)
                 problems.append(explain(built, e, "SET LOCAL ROLE", got))
+                given = observe_giving(conn, built.role(e), built, e)
+                if given != given_away(world, e):
+                    problems.append(
+                        f"employee {world.employees[e].name} gave away "
+                        f"{sorted(ID_BASE + i for i in given)} (the model: none)"
+                    )
         for e in direct:
             if e in world.departed:  # departed: the login is closed
                 with pytest.raises(psycopg.OperationalError):

@@ -167,3 +167,82 @@ def test_move_own_contract(attack_org, column_name):
     with attacker_session(attack_org, "rep_a") as rep:
         query = f"UPDATE crm.contracts SET {column_name} = %s WHERE id = %s"
         assert blocked(rep, query, (values[column_name], attack_org.id("k1", "contracts")))
+
+
+# Scopes that do not bound the owner (issue 8) -------------------------------------
+# A criteria scope (call_center's inbound_leads: insert, update) or a project scope
+# (admin) reaches rows whoever owns them. Through them an employee must not choose
+# who gets a row: new customers are unowned (the routing engine assigns them) or the
+# writer's; an update keeps the owner; activities and shares are in the writer's name.
+
+NEW_LEAD = (
+    "INSERT INTO crm.customers (project_id, owner_id, full_name, source, stage)"
+    " VALUES (crm_private.project_id(%s), %s, 'probe', 'chat', 'lead')"
+)
+
+
+def test_call_center_inserts_a_lead_owned_by_a_rep(attack_org):
+    with attacker_session(attack_org, "cc") as cc:
+        # the routing engine must be the one to pick the rep
+        assert touched(cc.conn, NEW_LEAD, ("saoviet.crm", None)) == 1
+        assert refused(cc.conn, NEW_LEAD, ("saoviet.crm", attack_org.emp("rep_a")))
+
+
+def test_call_center_gives_an_inbound_lead_to_a_rep(attack_org):
+    with attacker_session(attack_org, "cc") as cc:
+        c5 = attack_org.id("c5")  # an unowned chat lead: cc may update it
+        update = "UPDATE crm.customers SET product_interest = 'ok' WHERE id = %s"
+        assert touched(cc.conn, update, (c5,)) == 1
+        assert blocked(cc, SET.format("owner_id"), (attack_org.emp("rep_a"), c5))
+
+
+def test_call_center_takes_an_inbound_lead(attack_org):
+    with attacker_session(attack_org, "cc") as cc:
+        assert blocked(cc, SET.format("owner_id"), (cc.me, attack_org.id("c5")))
+
+
+def test_call_center_moves_a_lead_to_a_foreign_project(attack_org):
+    p2 = attack_org.superuser("SELECT crm_private.project_id('p2')")[0][0]
+    with attacker_session(attack_org, "cc") as cc:
+        assert blocked(cc, SET.format("project_id"), (p2, attack_org.id("c5")))
+        assert refused(cc.conn, NEW_LEAD, ("p2", None))
+
+
+def test_call_center_moves_a_lead_out_of_the_criteria(attack_org):
+    with attacker_session(attack_org, "cc") as cc:
+        assert blocked(cc, SET.format("stage"), ("qualified", attack_org.id("c5")))
+        assert blocked(cc, SET.format("source"), ("web_form", attack_org.id("c5")))
+
+
+def test_admin_inserts_a_customer_owned_by_a_rep(attack_org):
+    with attacker_session(attack_org, "adm") as adm:
+        assert refused(adm.conn, NEW_OWN, (attack_org.emp("rep_b"),))
+
+
+def test_admin_gives_a_customer_away(attack_org):
+    with attacker_session(attack_org, "adm") as adm:
+        assert blocked(adm, SET.format("owner_id"), (attack_org.emp("rep_a"), attack_org.id("c2")))
+        assert blocked(adm, SET.format("owner_id"), (None, attack_org.id("c2")))
+
+
+def test_admin_logs_an_activity_in_a_reps_name(attack_org):
+    query = (
+        "INSERT INTO crm.activities (customer_id, employee_id, kind, subject)"
+        " VALUES (%s, %s, 'call', 'probe')"
+    )
+    with attacker_session(attack_org, "adm") as adm:
+        assert refused(adm.conn, query, (attack_org.id("c2"), attack_org.emp("rep_b")))
+        a2 = attack_org.id("a2", "activities")
+        moved = "UPDATE crm.activities SET employee_id = %s WHERE id = %s"
+        assert blocked(adm, moved, (attack_org.emp("rep_a"), a2))
+
+
+def test_admin_shares_in_a_reps_name(attack_org):
+    query = (
+        "INSERT INTO crm.shares (customer_id, grantee_employee_id, access, granted_by)"
+        " VALUES (%s, %s, 'read', %s)"
+    )
+    with attacker_session(attack_org, "adm") as adm:
+        c2, rep_a = attack_org.id("c2"), attack_org.emp("rep_a")
+        assert not refused(adm.conn, query, (c2, rep_a, adm.me))
+        assert refused(adm.conn, query, (c2, rep_a, attack_org.emp("rep_b")))

@@ -143,10 +143,15 @@ def test_the_shipped_rules_validate():
     ],
 )
 def test_errors_name_the_line(tmp_path, text, expected):
-    found = problems(tmp_path, text)
+    # These files are about one key each; what a whole file lacks is tested below.
+    found = [p for p in problems(tmp_path, text) if not whole_file(p)]
     assert len(found) == len(expected), found
     for line, want in zip(found, expected, strict=True):
         assert line.startswith(want), found
+
+
+def whole_file(problem: str) -> bool:
+    return "no catch-all" in problem or "does not define" in problem
 
 
 def test_every_problem_is_reported_at_once(tmp_path):
@@ -155,10 +160,68 @@ def test_every_problem_is_reported_at_once(tmp_path):
         "project: p1\nrules:\n  - name: a\n    target: {queue: q}\n    strategy: x\n"
         "  - name: b\n    target: {queue: q}\n    priority: high\n",
     )
-    assert [f.split(":")[0] for f in found] == ["5", "8"]
+    assert [f.split(":")[0] for f in found] == ["5", "8", "2"]
+    assert "no catch-all" in found[2]
 
 
 def test_a_project_in_two_files_is_refused(tmp_path):
     write(tmp_path, "project: p1\n", "a.yaml")
     with pytest.raises(RulesError, match=r"b.yaml:1: project p1 is already in .*a.yaml:1"):
         load_rules(write(tmp_path, "project: p1\n", "b.yaml"))
+
+
+CATCH_ALL = """\
+project: p1
+queues:
+  triage: [t1]
+rules:
+  - name: web
+    priority: 10
+    when: {source: web_form}
+    target: {queue: triage}
+  - name: %s
+    priority: %d
+    target: {queue: triage}%s
+"""
+
+
+def test_a_project_ends_in_a_catch_all(tmp_path):
+    rules = load_rules(write(tmp_path, CATCH_ALL % ("rest", 100, "")))
+    assert [r.name for r in rules.rules] == ["web", "rest"]
+
+
+@pytest.mark.parametrize(
+    ("name", "priority", "extra", "expected"),
+    [
+        # conditions on the last rule: nothing catches the rest
+        ("rest", 100, "\n    when: {score: {min: 1}}", "4: project p1 has no catch-all rule"),
+        # a disabled catch-all catches nothing
+        ("rest", 100, "\n    enabled: false", "4: project p1 has no catch-all rule"),
+        # a catch-all before a rule: that rule can never match
+        ("rest", 5, "", "5: rule web (priority 10) comes after the catch-all rest"),
+        ("rest", 10, "", "5: rule web has the priority of the catch-all rest (10)"),
+    ],
+)
+def test_a_missing_or_misplaced_catch_all_names_its_line(tmp_path, name, priority, extra, expected):
+    found = problems(tmp_path, CATCH_ALL % (name, priority, extra))
+    assert len(found) == 1 and found[0].startswith(expected), found
+
+
+def test_a_project_without_rules_needs_a_catch_all(tmp_path):
+    assert problems(tmp_path, "project: p1\n") == [
+        "1: project p1 has no catch-all rule: end its rules with an assignment rule without"
+        " 'when' (e.g. target: {queue: triage}), or new customers no rule matches are left"
+        " to the project's triage"
+    ]
+
+
+def test_a_queue_target_the_file_does_not_define_matches_nobody(tmp_path):
+    text = CATCH_ALL.replace("queue: triage}\n  - name", "queue: care}\n  - name") % (
+        "rest",
+        100,
+        "",
+    )
+    assert problems(tmp_path, text) == [
+        "5: rule web targets queue care, which this file does not define: the rule would"
+        " match nobody"
+    ]
