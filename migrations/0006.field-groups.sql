@@ -336,9 +336,11 @@ BEGIN
         EXECUTE pg_catalog.format(
             'CREATE TRIGGER _500_audit_delete AFTER DELETE ON crm.%I REFERENCING OLD TABLE AS old_rows'
             ' FOR EACH STATEMENT EXECUTE FUNCTION crm_private.record_changes()', t);
+        -- The id too: moved onto another row's id, a group row would answer "exists"
+        -- (duplicate key) for rows the writer cannot see.
         EXECUTE pg_catalog.format(
-            'CREATE TRIGGER _040_keep_derived BEFORE UPDATE OF %s ON crm.%I'
-            ' FOR EACH ROW EXECUTE FUNCTION crm_private.keep_derived(%s)',
+            'CREATE TRIGGER _040_keep_derived BEFORE UPDATE OF id, %s ON crm.%I'
+            ' FOR EACH ROW EXECUTE FUNCTION crm_private.keep_derived(''id'', %s)',
             replace(v_anchors, '''', ''), t, v_anchors);
     END LOOP;
 END

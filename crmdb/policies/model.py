@@ -273,10 +273,13 @@ def _fields(
     write.discard(CORE)
     if (read or write) and "select" not in actions:
         r.error(line, f"scope {kind} of {table}: 'fields' needs the select action")
-    if write and not actions & {"insert", "update"}:
+    if write and "update" not in actions:
+        # A group's values are written by an update of its row (right after the insert,
+        # for a new row), so a group writable without update would be writable on
+        # every row the scope reaches.
         r.error(
             node.line_of("write"),
-            f"scope {kind} of {table}: writable fields need insert or update",
+            f"scope {kind} of {table}: writable fields need the update action",
         )
     if write - read:
         r.error(

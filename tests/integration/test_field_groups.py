@@ -286,6 +286,7 @@ def test_inserting_through_the_view(org):
 @pytest.mark.parametrize(
     "statement",
     [
+        "UPDATE crm.customers__contact SET id = id + 1000000 WHERE id = %s",
         "UPDATE crm.customers__contact SET owner_id = NULL WHERE id = %s",
         "UPDATE crm.customers__contact SET project_id = project_id + 1 WHERE id = %s",
         "UPDATE crm.customers SET phone_mask = '*' WHERE id = %s",

@@ -100,7 +100,22 @@ def test_fields_need_select_and_writes_need_a_write_action(tmp_path):
     )
     messages = [m for _, _, m in problems(tmp_path)]
     assert any("'fields' needs the select action" in m for m in messages), messages
-    assert any("writable fields need insert or update" in m for m in messages), messages
+    assert any("writable fields need the update action" in m for m in messages), messages
+
+
+def test_writable_fields_need_update_not_only_insert(tmp_path):
+    # A group's values are written by updating its row: with insert alone the group
+    # would be writable on every row the scope reaches (found by tests/security)
+    (tmp_path / "fields.yaml").write_text(GROUPS, encoding="utf-8")
+    (tmp_path / "rep.yaml").write_text(
+        TEMPLATE.replace("[select, update]", "[select, insert]").format(
+            fields="{read: [contact], write: [contact]}"
+        ),
+        encoding="utf-8",
+    )
+    assert [(f, ln, m) for f, ln, m in problems(tmp_path)] == [
+        ("rep.yaml", 8, "scope own of customers: writable fields need the update action")
+    ]
 
 
 @pytest.mark.parametrize(
