@@ -18,9 +18,10 @@ from decimal import Decimal
 
 import psycopg
 import pytest
-from policy_org import PolicyOrg, shared_policy_org
+from policy_org import PolicyOrg, build_policy_org, shared_policy_org
 from psycopg import errors
 
+from crmdb import migrate
 from crmdb.policies.apply import load_desired
 from crmdb.policies.compile import template_role
 from crmdb.policies.plan import make_plan
@@ -356,3 +357,24 @@ def test_apply_leaves_nothing_to_do_and_repairs_report_grants(org):
             conn.execute(statement)
         assert make_plan(conn, desired).statements == []
         conn.rollback()
+
+
+# Migration 0010 rolls back under applied templates ---------------------------------
+
+
+def test_rollback_of_0010_with_templates_applied_and_rows(scratch):
+    db = scratch.migrated()
+    try:
+        build_policy_org(db, extras=False)  # crm_api views, policies, rows, report grants
+        # Expect 0010 to roll back past its generated views, policies and rows ...
+        assert migrate.rollback(db.target, 1) == ["0010.feature-clusters"]
+        with db.connect() as conn:
+            left = conn.execute(
+                "SELECT count(*) FROM pg_class WHERE relname LIKE ANY"
+                " (ARRAY['campaign%', 'segment%'])"
+            ).fetchone()
+        assert left == (0,)
+        # ... and to apply again
+        assert migrate.apply(db.target) == ["0010.feature-clusters"]
+    finally:
+        db.drop()
