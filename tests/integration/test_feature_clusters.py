@@ -13,7 +13,6 @@ Writes run in transactions that are rolled back unless a test says otherwise.
 """
 
 from collections.abc import Iterator
-from contextlib import contextmanager
 from decimal import Decimal
 
 import psycopg
@@ -60,15 +59,6 @@ def org(scratch) -> Iterator[PolicyOrg]:
         yield shared
 
 
-@contextmanager
-def rolled_back(org: PolicyOrg, key: str) -> Iterator[psycopg.Connection]:
-    with org.connect_as(key, autocommit=False) as conn:
-        try:
-            yield conn
-        finally:
-            conn.rollback()
-
-
 def keys(org: PolicyOrg, conn: psycopg.Connection, table: str) -> set[str]:
     return org.keys(table, [r[0] for r in conn.execute(f"SELECT id FROM crm_api.{table}")])
 
@@ -77,7 +67,7 @@ def keys(org: PolicyOrg, conn: psycopg.Connection, table: str) -> set[str]:
 
 
 def test_marketing_creates_a_campaign_and_adds_customers_it_sees(org):
-    with rolled_back(org, "mkt") as conn:
+    with org.rolled_back("mkt") as conn:
         row = conn.execute(NEW_CAMPAIGN, ("saoviet.crm", "Tet 2027")).fetchone()
         assert row is not None
         campaign = row[0]
@@ -132,14 +122,14 @@ def test_marketing_cannot_add_a_customer_it_cannot_see(org):
     for customer in (org.id("c3"), 10**9):  # c3 is in p2; the other does not exist
         # Expect the row policies to refuse a hidden and a missing customer alike
         with (
-            rolled_back(org, "mkt") as conn,
+            org.rolled_back("mkt") as conn,
             pytest.raises(errors.InsufficientPrivilege, match="row-level security"),
         ):
             conn.execute(ADD_AUDIENCE, (m1, customer))
 
 
 def test_marketing_cannot_change_what_others_added_or_own(org):
-    with rolled_back(org, "mkt") as conn:
+    with org.rolled_back("mkt") as conn:
         # Expect 0 rows: m2 is adm's campaign, au2 adm's audience row (mkt reads both)
         assert keys(org, conn, "campaigns") == {"m1", "m2"}
         for table, key in (("campaigns", "m2"), ("campaign_audiences", "au2")):
@@ -155,7 +145,7 @@ def test_marketing_cannot_change_what_others_added_or_own(org):
 def test_marketing_cannot_give_its_campaign_away(org):
     # Expect the new row refused: own scope only
     with (
-        rolled_back(org, "mkt") as conn,
+        org.rolled_back("mkt") as conn,
         pytest.raises(errors.InsufficientPrivilege, match="row-level security"),
     ):
         conn.execute(
@@ -166,7 +156,7 @@ def test_marketing_cannot_give_its_campaign_away(org):
 
 def test_marketing_cannot_reach_another_projects_campaigns(org):
     m3 = org.id("m3", "campaigns")
-    with rolled_back(org, "mkt") as conn:
+    with org.rolled_back("mkt") as conn:
         # Expect m3 (p2) invisible, unchangeable, and no campaign of mkt's in p2
         assert conn.execute(
             "SELECT count(*) FROM crm_api.campaigns WHERE id = %s", (m3,)
@@ -177,7 +167,7 @@ def test_marketing_cannot_reach_another_projects_campaigns(org):
         with pytest.raises(errors.InsufficientPrivilege, match="row-level security"):
             conn.execute(NEW_CAMPAIGN, ("p2", "Elsewhere"))
     # Expect m3's audience closed to mkt, even for a customer mkt sees
-    with rolled_back(org, "mkt") as conn, pytest.raises(errors.ForeignKeyViolation):
+    with org.rolled_back("mkt") as conn, pytest.raises(errors.ForeignKeyViolation):
         conn.execute(ADD_AUDIENCE, (m3, org.id("c1")))
 
 
@@ -191,7 +181,7 @@ def test_a_campaign_targets_a_segment_of_its_own_project(org):
     try:
         for segment in (row[0], 10**9):  # another project's; a missing one
             # Expect the same error for both: nothing learnt about p2
-            with rolled_back(org, "mkt") as conn, pytest.raises(errors.ForeignKeyViolation):
+            with org.rolled_back("mkt") as conn, pytest.raises(errors.ForeignKeyViolation):
                 conn.execute(
                     "UPDATE crm_api.campaigns SET segment_id = %s WHERE id = %s",
                     (segment, org.id("m1", "campaigns")),
@@ -246,7 +236,7 @@ def test_marketing_has_no_privilege_on_contracts(org, table, statement):
 
 def test_marketing_cannot_insert_a_contract(org):
     with (
-        rolled_back(org, "mkt") as conn,
+        org.rolled_back("mkt") as conn,
         pytest.raises(errors.InsufficientPrivilege, match="permission denied"),
     ):
         conn.execute(
