@@ -435,7 +435,8 @@ def policy_check(directory: str | None) -> None:
     desired = compile_policies(policies)
     click.echo(
         f"{len(policies.templates)} templates, {len(policies.sharing_rules)} sharing "
-        f"rules: {len(desired.policies)} policies, {len(desired.grants)} grants; ok"
+        f"rules: {len(desired.policies)} policies, {len(desired.grants)} grants, "
+        f"{len(desired.executes)} report grants; ok"
     )
 
 

@@ -1,5 +1,5 @@
 -- Audited exports: who exported what, refused or not, and everyone concerned is told.
--- depends: 0009.custom-fields
+-- depends: 0010.feature-clusters
 --
 -- crm.export(table, filter, fields) is the one export path (crmdb export uses it too):
 -- SECURITY INVOKER, it reads crm_private.export_<table>, a view crmdb policy apply

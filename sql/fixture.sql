@@ -74,3 +74,26 @@ SELECT ps.solution::text
   JOIN crm.projects AS p ON p.id = ps.project_id
  WHERE p.code = %(code)s
  ORDER BY ps.solution
+
+-- fixture_segment --
+-- One fixture segment
+INSERT INTO crm.segments (project_id, owner_id, name, description)
+VALUES (crm_private.project_id(%(project)s),
+        (SELECT e.id FROM crm.employees AS e WHERE e.role_name = %(owner)s),
+        %(name)s, %(description)s)
+RETURNING id
+
+-- fixture_campaign --
+-- One fixture campaign
+INSERT INTO crm.campaigns (project_id, owner_id, name, channel, segment_id)
+VALUES (crm_private.project_id(%(project)s),
+        (SELECT e.id FROM crm.employees AS e WHERE e.role_name = %(owner)s),
+        %(name)s, %(channel)s::crm.campaign_channel, %(segment)s)
+RETURNING id
+
+-- fixture_audience --
+-- One customer in a fixture campaign's audience (its project is the customer's)
+INSERT INTO crm.campaign_audiences (campaign_id, customer_id, added_by)
+VALUES (%(campaign)s, %(customer)s,
+        (SELECT e.id FROM crm.employees AS e WHERE e.role_name = %(by)s))
+RETURNING id

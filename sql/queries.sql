@@ -183,6 +183,20 @@ SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) AS table_name,
    AND g.rolname LIKE 'crmdb\_tpl\_%'
  ORDER BY 1, 2, 3
 
+-- template_executes --
+-- EXECUTE privileges template roles hold on crm functions (reports), named as GRANT names
+-- them: schema.name(argument types)
+SELECT pg_catalog.format('%I.%I(%s)', n.nspname, p.proname,
+                         pg_catalog.pg_get_function_identity_arguments(p.oid)) AS function,
+       g.rolname AS role
+  FROM pg_catalog.pg_proc AS p
+  JOIN pg_catalog.pg_namespace AS n ON n.oid = p.pronamespace
+ CROSS JOIN LATERAL pg_catalog.aclexplode(p.proacl) AS a
+  JOIN pg_catalog.pg_roles AS g ON g.oid = a.grantee
+ WHERE n.nspname = 'crm' AND a.privilege_type = 'EXECUTE'
+   AND g.rolname LIKE 'crmdb\_tpl\_%'
+ ORDER BY 1, 2
+
 -- rls_flags --
 -- Row-level security flags of crm tables
 SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) AS table_name,

@@ -14,7 +14,7 @@ from pathlib import Path
 from crmdb.policies.fields import core_columns, mask_column, side_table
 from crmdb.policies.model import PolicySet, Scope, SharingRule
 from crmdb.policies.render import ddl, render, sections
-from crmdb.policies.tables import ACTIONS, COMMANDS, TABLES, Table
+from crmdb.policies.tables import ACTIONS, COMMANDS, REPORTS, TABLES, Table
 
 MAX_NAME = 63  # PostgreSQL's NAMEDATALEN - 1
 
@@ -60,6 +60,8 @@ class Desired:
 
     roles: dict[str, str] = field(default_factory=dict)  # template role -> comment
     grants: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)
+    # (function, role): EXECUTE on a report (a template's `reports:`)
+    executes: set[tuple[str, str]] = field(default_factory=set)
     policies: dict[tuple[str, str], PolicyDef] = field(default_factory=dict)
     tables: tuple[str, ...] = ()  # every table that must have RLS forced
     access_paths: str = ""  # CREATE OR REPLACE FUNCTION crm_private.access_paths ...
@@ -303,6 +305,7 @@ def compile_policies(policies: PolicySet) -> Desired:
     for name, template in sorted(policies.templates.items()):
         role = template_role(name)
         desired.roles[role] = f"crmdb role template {name}: {template.description}".strip()
+        desired.executes |= {(REPORTS[r].function, role) for r in policies.reports(name)}
         for table_name, scopes in policies.effective(name).items():
             table = TABLES[table_name]
             privileges = set()

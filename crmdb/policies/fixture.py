@@ -57,7 +57,12 @@ def load_fixture(
     loaded = LoadedFixture()
 
     def ref(kind: str, key: Any, item: Mapping, attr: str) -> Any:
-        table = {"employee": "employees", "customer": "customers"}[kind]
+        table = {
+            "employee": "employees",
+            "customer": "customers",
+            "segment": "segments",
+            "campaign": "campaigns",
+        }[kind]
         if (table, key) not in loaded.ids:
             raise PolicyError(
                 [Problem(path, item.line_of(attr), f"fixture: unknown {kind} {key!r}")]
@@ -153,6 +158,39 @@ def load_fixture(
                 "by": ref("employee", s["by"], s, "by"),
                 "access": s.get("access", "read"),
                 "expired": bool(s.get("expired")),
+            },
+        )
+    for g in section("segments"):
+        loaded.ids[("segments", g["key"])] = _one(
+            conn,
+            "fixture_segment",
+            {
+                "project": g["project"],
+                "owner": ref("employee", g["owner"], g, "owner") if "owner" in g else None,
+                "name": g.get("name", f"Segment {g['key']}"),
+                "description": g.get("description", f"Segment {g['key']}"),
+            },
+        )
+    for m in section("campaigns"):
+        loaded.ids[("campaigns", m["key"])] = _one(
+            conn,
+            "fixture_campaign",
+            {
+                "project": m["project"],
+                "owner": ref("employee", m["owner"], m, "owner") if "owner" in m else None,
+                "name": m.get("name", f"Campaign {m['key']}"),
+                "channel": m.get("channel", "email"),
+                "segment": ref("segment", m["segment"], m, "segment") if "segment" in m else None,
+            },
+        )
+    for au in section("campaign_audiences"):
+        loaded.ids[("campaign_audiences", au["key"])] = _one(
+            conn,
+            "fixture_audience",
+            {
+                "campaign": ref("campaign", au["campaign"], au, "campaign"),
+                "customer": ref("customer", au["customer"], au, "customer"),
+                "by": ref("employee", au["by"], au, "by") if "by" in au else None,
             },
         )
     return loaded

@@ -6,6 +6,10 @@ Every file in the policies folder is YAML with one top-level kind:
   fixture: {...}        the small org that templates' `tests:` run against
   field_groups: {...}   which columns travel together, and masks (crmdb/policies/fields.py)
 Errors are collected, not raised one by one, and each names file and line.
+
+Feature clusters: a template names only tables and reports of its own solution and the
+directories (tables of no solution); management templates oversee every solution. What a
+template extends counts as its own (crmdb/policies/tables.py).
 """
 
 import re
@@ -15,11 +19,10 @@ from typing import Any
 
 from crmdb.policies.criteria import check_criteria
 from crmdb.policies.fields import CORE, FieldGroup, read_field_groups
-from crmdb.policies.tables import ACTIONS, SCOPES, TABLES
+from crmdb.policies.tables import ACTIONS, OVERSIGHT, REPORTS, SCOPES, SOLUTIONS, TABLES
 from crmdb.policies.yamlload import Mapping, Sequence, YamlError, load
 
 NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
-SOLUTIONS = ("marketing", "sales", "management")
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,10 @@ class Template:
     tests: tuple["TemplateTest", ...]
     path: Path
     line: int = 1
+    reports: tuple[str, ...] = ()  # report functions granted (tables.REPORTS)
+    reports_line: int = 0
+    extends_line: int = 0
+    table_lines: dict[str, int] = field(default_factory=dict)  # table -> its line
 
 
 @dataclass(frozen=True)
@@ -127,6 +134,13 @@ class PolicySet:
                     else:
                         present.append(scope)
         return {t: tuple(s) for t, s in merged.items()}
+
+    def reports(self, name: str) -> tuple[str, ...]:
+        """A template's reports with those of everything it extends."""
+        merged: list[str] = []
+        for ancestor in [*self.ancestors(name), name]:
+            merged += [r for r in self.templates[ancestor].reports if r not in merged]
+        return tuple(merged)
 
     def ancestors(self, name: str) -> list[str]:
         """Templates `name` extends, transitively, most distant first."""
@@ -344,7 +358,11 @@ def _checks(r: _Reader, node: Any, line: int, what: str) -> tuple[Check, ...]:
 
 
 def _template(r: _Reader, doc: Mapping) -> Template | None:
-    r.keys(doc, {"template", "description", "solution", "extends", "tables", "tests"}, "a template")
+    r.keys(
+        doc,
+        {"template", "description", "solution", "extends", "tables", "reports", "tests"},
+        "a template",
+    )
     name = r.name(doc.get("template"), doc.line_of("template"), "template name")
     if name is None:
         return None
@@ -376,6 +394,13 @@ def _template(r: _Reader, doc: Mapping) -> Template | None:
                 )
                 continue
             tables[table] = _scopes(r, table, body, node.line_of(table))
+    reports = r.str_list(doc.get("reports", []), doc.line_of("reports"), "reports")
+    for report in reports:
+        if report not in REPORTS:
+            r.error(
+                doc.line_of("reports"),
+                f"unknown report {report!r} (expected: {', '.join(REPORTS)})",
+            )
     tests: list[TemplateTest] = []
     test_node = doc.get("tests")
     if test_node is None:  # tests are optional
@@ -406,6 +431,10 @@ def _template(r: _Reader, doc: Mapping) -> Template | None:
         tuple(tests),
         r.path,
         doc.line_of("template"),
+        tuple(rp for rp in reports if rp in REPORTS),
+        doc.line_of("reports"),
+        doc.line_of("extends"),
+        {t: node.line_of(t) for t in tables} if isinstance(node, Mapping) else {},
     )
 
 
@@ -503,6 +532,85 @@ class _Cycle(Exception):
     pass
 
 
+def may_name(template_solution: str | None, solution: str | None) -> bool:
+    """Whether a template of `template_solution` may name a table or report of
+    `solution` (None: a directory every template may name)."""
+    return solution is None or template_solution in (solution, OVERSIGHT)
+
+
+def _cluster(template: Template, subject: str) -> str:
+    mine = f"solution {template.solution}" if template.solution else "no solution"
+    rule = (
+        "a template names only its own solution's tables and reports, and directories"
+        if template.solution
+        else "a template without a 'solution' names only directories (tables of no solution)"
+    )
+    return (
+        f"template {template.name} ({mine}) {subject}; {rule} ({OVERSIGHT} ones: every solution's)"
+    )
+
+
+def _check_clusters(policies: "PolicySet", problems: list[Problem]) -> None:
+    """Feature clusters: every table and report a template holds, its own or through
+    `extends`, is of its solution, a directory, or the template oversees (management).
+    A report also needs select on each table it reads (it runs as the caller)."""
+    for name, template in sorted(policies.templates.items()):
+        effective = policies.effective(name)
+        for table in effective:
+            solution = TABLES[table].solution
+            if may_name(template.solution, solution):
+                continue
+            if table in template.tables:
+                line = template.table_lines.get(table, template.line)
+                subject = f"names {table}, a table of the {solution} solution"
+                problems.append(Problem(template.path, line, _cluster(template, subject)))
+            else:
+                via = next(
+                    a for a in policies.ancestors(name) if table in policies.templates[a].tables
+                )
+                problems.append(
+                    Problem(
+                        template.path,
+                        template.extends_line or template.line,
+                        _cluster(
+                            template,
+                            f"extends {via}, which names {table}, a table of the {solution} "
+                            "solution",
+                        ),
+                    )
+                )
+        for report in policies.reports(name):
+            spec = REPORTS[report]
+            own = report in template.reports
+            line = (template.reports_line if own else template.extends_line) or template.line
+            if not may_name(template.solution, spec.solution):
+                problems.append(
+                    Problem(
+                        template.path,
+                        line,
+                        _cluster(
+                            template, f"names report {report} of the {spec.solution} solution"
+                        ),
+                    )
+                )
+                continue
+            readable = {
+                t
+                for t, scopes in effective.items()
+                if any(s.actions & {"select", "export"} for s in scopes)
+            }
+            missing = [t for t in spec.reads if t not in readable]
+            if missing:
+                problems.append(
+                    Problem(
+                        template.path,
+                        line,
+                        f"template {name}: report {report} reads {', '.join(spec.reads)} as the "
+                        f"caller; the template does not select {', '.join(missing)}",
+                    )
+                )
+
+
 def load_policies(directory: Path) -> PolicySet:
     """Load and validate every YAML file in `directory`; PolicyError lists all problems."""
     if not directory.is_dir():
@@ -554,8 +662,13 @@ def load_policies(directory: Path) -> PolicySet:
             reader.keys(doc, {"fixture"}, "a fixture file")
             fixture, fixture_path = doc["fixture"], path
         problems += reader.problems
+    before = len(problems)
     _check_extends(templates, problems)
+    resolved = len(problems) == before  # extends resolve: clusters are checked through them
     _check_groups(templates, rules, registry, problems)
+    policies = PolicySet(templates, rules, fixture, fixture_path, directory, registry)
+    if resolved:
+        _check_clusters(policies, problems)
     if problems:
         raise PolicyError(problems)
-    return PolicySet(templates, rules, fixture, fixture_path, directory, registry)
+    return policies

@@ -206,6 +206,13 @@ def make_plan(conn: psycopg.Connection, desired: Desired) -> Plan:
         if want - have:
             out.append(ddl("grant_table", sorted(want - have), *key))
 
+    # Reports: EXECUTE on their functions, as the templates' `reports:` say.
+    have_executes = {(f, r) for f, r in conn.execute(query("template_executes"))}
+    for function, role in sorted(have_executes - desired.executes):
+        out.append(ddl("revoke_execute", function, role))
+    for function, role in sorted(desired.executes - have_executes):
+        out.append(ddl("grant_execute", function, role))
+
     for change in policy_changes(conn, desired):
         out += change.statements
 

@@ -3,6 +3,12 @@
 This is data, not SQL: the predicates themselves are jinja macros in
 sql/policy/scopes.sql.j2. tests/integration/test_policy_tables.py checks that these
 column lists match the database, so the two cannot drift apart.
+
+Feature clusters: each table belongs to a solution (marketing, sales, management) or,
+for directories every solution works with (customers, activities, employees, ...), to
+none. A template names only tables of its own solution and directories; management
+templates oversee the project and may name any (crmdb/policies/model.py). Reports are
+functions in the same clusters, granted by a template's `reports:` (EXECUTE).
 """
 
 from dataclasses import dataclass, field
@@ -11,6 +17,9 @@ SCOPES = ("own", "subordinates", "org_unit", "project", "shared", "customer", "c
 ACTIONS = ("select", "insert", "update", "delete", "export")
 # PostgreSQL commands a policy can be FOR; export is crmdb's own (see the export issue).
 COMMANDS = ("select", "insert", "update", "delete")
+SOLUTIONS = ("marketing", "sales", "management")
+# The solution whose templates may name tables of every solution (oversight).
+OVERSIGHT = "management"
 
 
 @dataclass(frozen=True)
@@ -38,6 +47,8 @@ class Table:
     # scopes of `parent` that name the group; templates do not name it themselves.
     parent: str | None = None
     group: str | None = None
+    # The feature cluster: a solution, or None for a directory every solution may name.
+    solution: str | None = None
 
     @property
     def values(self) -> tuple[str, ...]:
@@ -116,6 +127,7 @@ TABLES: dict[str, Table] = {
             anchors=("owner_id", "project_id", "customer_id"),
             assignee="owner_id",
             touch="updated_at",
+            solution="sales",
         ),
         Table(
             "activities",
@@ -209,11 +221,13 @@ TABLES: dict[str, Table] = {
             ),
             owner="actor_employee_id",
             project="project_id",
+            solution="management",
         ),
         Table(
             "business_hours",
             ("org_unit_id", "weekday", "opens", "closes"),
             org_unit="org_unit_id",
+            solution="management",
         ),
         Table(
             "routing_rules",
@@ -246,11 +260,13 @@ TABLES: dict[str, Table] = {
             ),
             project="project_id",
             touch="updated_at",
+            solution="management",
         ),
         Table(
             "routing_queue_members",
             ("project_id", "queue", "employee_id", "weight"),
             project="project_id",
+            solution="management",
         ),
         Table(
             "assignment_history",
@@ -271,6 +287,7 @@ TABLES: dict[str, Table] = {
             owner="to_employee_id",
             project="project_id",
             customer="customer_id",
+            solution="management",
         ),
         Table(
             "custom_fields",
@@ -290,6 +307,64 @@ TABLES: dict[str, Table] = {
                 "updated_at",
             ),
             touch="updated_at",
+            solution="management",
+        ),
+        Table(
+            "segments",
+            (
+                "id",
+                "project_id",
+                "owner_id",
+                "name",
+                "description",
+                "created_at",
+                "updated_at",
+            ),
+            owner="owner_id",
+            project="project_id",
+            anchors=("owner_id", "project_id"),
+            touch="updated_at",
+            solution="marketing",
+        ),
+        Table(
+            "campaigns",
+            (
+                "id",
+                "project_id",
+                "owner_id",
+                "name",
+                "channel",
+                "status",
+                "segment_id",
+                "scheduled_at",
+                "created_at",
+                "updated_at",
+            ),
+            owner="owner_id",
+            project="project_id",
+            anchors=("owner_id", "project_id"),
+            touch="updated_at",
+            solution="marketing",
+        ),
+        Table(
+            "campaign_audiences",
+            (
+                "id",
+                "campaign_id",
+                "customer_id",
+                "project_id",
+                "added_by",
+                "status",
+                "sent_at",
+                "created_at",
+                "updated_at",
+            ),
+            owner="added_by",  # own: the audience rows this marketer added
+            project="project_id",
+            customer="customer_id",
+            anchors=("campaign_id", "customer_id", "project_id", "added_by"),
+            touch="updated_at",
+            solution="marketing",
         ),
         Table(
             "exports",
@@ -353,6 +428,7 @@ def _side(parent: str, group: str, values: tuple[str, ...]) -> Table:
         templates=False,
         parent=parent,
         group=group,
+        solution=p.solution,
     )
 
 
@@ -369,3 +445,27 @@ SIDE_TABLES: dict[str, Table] = {
     )
 }
 TABLES.update(SIDE_TABLES)
+
+
+@dataclass(frozen=True)
+class Report:
+    """A report function templates grant with `reports: [name]` (EXECUTE). It runs as
+    the caller (SECURITY INVOKER), so the template needs select on what it reads."""
+
+    name: str
+    function: str  # its signature, as GRANT names it
+    solution: str
+    reads: tuple[str, ...]
+
+
+REPORTS: dict[str, Report] = {
+    r.name: r
+    for r in (
+        Report(
+            "pipeline",
+            "crm.report_pipeline()",
+            "management",
+            ("customers", "contracts", "projects", "employees"),
+        ),
+    )
+}

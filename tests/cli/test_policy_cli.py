@@ -88,7 +88,8 @@ def test_check_shipped_policies_ok() -> None:
     # Expect exit 0 and a one-line summary of the shipped templates
     assert result.exit_code == 0, result.output
     assert re.fullmatch(
-        r"8 templates, 1 sharing rules: \d+ policies, \d+ grants; ok\n", result.output
+        r"8 templates, 1 sharing rules: \d+ policies, \d+ grants, \d+ report grants; ok\n",
+        result.output,
     ), result.output
 
 

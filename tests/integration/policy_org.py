@@ -17,6 +17,7 @@ Employees log in with TEST_PASSWORD as prefix + key, e.g. db.role("rep_a").
 
 import shutil
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,15 @@ class PolicyOrg:
     def connect_as(self, key: str, *, autocommit: bool = True) -> psycopg.Connection:
         """A direct login as a fixture employee."""
         return self.db.connect_as(self.role(key), autocommit=autocommit)
+
+    @contextmanager
+    def rolled_back(self, key: str) -> Iterator[psycopg.Connection]:
+        """A connection as a fixture employee whose work is rolled back."""
+        with self.connect_as(key, autocommit=False) as conn:
+            try:
+                yield conn
+            finally:
+                conn.rollback()
 
     def visible(self, conn: psycopg.Connection, table: str = "customers") -> set[str]:
         """Keys of the rows of crm.<table> the connection's current role sees."""

@@ -7,9 +7,7 @@ financial, numeric 0..1e9). Tests that change more roll their work back or undo 
 """
 
 from collections.abc import Iterator
-from contextlib import contextmanager
 
-import psycopg
 import pytest
 from click.testing import CliRunner, Result
 from policy_org import PolicyOrg, shared_policy_org
@@ -64,15 +62,6 @@ def org(scratch) -> Iterator[PolicyOrg]:
         yield shared
 
 
-@contextmanager
-def rolled_back(org: PolicyOrg, key: str) -> Iterator[psycopg.Connection]:
-    with org.connect_as(key, autocommit=False) as conn:
-        try:
-            yield conn
-        finally:
-            conn.rollback()
-
-
 def test_a_field_is_a_column_of_its_view_after_add(org):
     cols = columns(org)
     # Expect both fields as typed columns, each after its group's own fields
@@ -96,7 +85,7 @@ def test_custom_fields_are_shown_and_hidden_with_their_group(org):
 
 def test_writing_custom_fields_through_the_view(org):
     c1 = org.id("c1")
-    with rolled_back(org, "rep_a") as conn:
+    with org.rolled_back("rep_a") as conn:
         row = conn.execute(
             "UPDATE crm_api.customers SET credit_limit = 50000000, zalo_id = '0987654321'"
             " WHERE id = %s RETURNING zalo_id, credit_limit",
@@ -131,13 +120,13 @@ def test_writing_custom_fields_through_the_view(org):
     ],
 )
 def test_values_are_validated_on_every_write(org, statement, message):
-    with rolled_back(org, "rep_a") as conn, pytest.raises(errors.CheckViolation, match=message):
+    with org.rolled_back("rep_a") as conn, pytest.raises(errors.CheckViolation, match=message):
         conn.execute(statement, (org.id("c1"),))
 
 
 def test_a_custom_field_follows_its_group_s_write_rules(org):
     # c6 is shared to rep_a: contact yes, financial no
-    with rolled_back(org, "rep_a") as conn:
+    with org.rolled_back("rep_a") as conn:
         conn.execute(
             "UPDATE crm_api.customers SET zalo_id = '123456789' WHERE id = %s", (org.id("c6"),)
         )
@@ -171,9 +160,9 @@ def test_only_admin_templates_manage_fields_in_sql(org):
         "INSERT INTO crm.custom_fields (table_name, field_group, name, data_type)"
         " VALUES ('contracts', 'financial', 'vat_rate', 'numeric') RETURNING id"
     )
-    with rolled_back(org, "rep_a") as conn, pytest.raises(errors.InsufficientPrivilege):
+    with org.rolled_back("rep_a") as conn, pytest.raises(errors.InsufficientPrivilege):
         conn.execute(insert)
-    with rolled_back(org, "adm") as conn:
+    with org.rolled_back("adm") as conn:
         added = conn.execute(insert).fetchone()
         logged = conn.execute(
             "SELECT action FROM crm.change_log WHERE table_name = 'custom_fields'"

@@ -17,9 +17,7 @@ Every write test runs in a transaction that is rolled back.
 """
 
 from collections.abc import Iterator
-from contextlib import contextmanager
 
-import psycopg
 import pytest
 from policy_org import PolicyOrg, shared_policy_org
 from psycopg import errors
@@ -65,16 +63,6 @@ def read(org: PolicyOrg, key: str, columns: str, customer: str) -> tuple:
         row = conn.execute(CUSTOMER.format(columns), (org.id(customer),)).fetchone()
     assert row is not None, f"{key} does not see {customer}"
     return tuple(row)
-
-
-@contextmanager
-def rolled_back(org: PolicyOrg, key: str) -> Iterator[psycopg.Connection]:
-    """A connection as `key` whose work is rolled back."""
-    with org.connect_as(key, autocommit=False) as conn:
-        try:
-            yield conn
-        finally:
-            conn.rollback()
 
 
 # Reading ------------------------------------------------------------------------------
@@ -204,7 +192,7 @@ def test_copy_returns_what_select_returns(org):
 
 
 def test_returning_shows_the_row_as_the_writer_reads_it(org):
-    with rolled_back(org, "rep_a") as conn:
+    with org.rolled_back("rep_a") as conn:
         row = conn.execute(
             "UPDATE crm_api.customers SET province = 'Hà Nội' WHERE id = %s"
             " RETURNING province, phone, bank_account",
@@ -220,7 +208,7 @@ def test_returning_shows_the_row_as_the_writer_reads_it(org):
 
 def test_writing_allowed_fields_through_the_view(org):
     c1 = org.id("c1")
-    with rolled_back(org, "rep_a") as conn:
+    with org.rolled_back("rep_a") as conn:
         conn.execute(
             "UPDATE crm_api.customers SET phone = '0900000123', bank_account = '42', notes = 'x'"
             " WHERE id = %s",
@@ -244,7 +232,7 @@ def test_writing_allowed_fields_through_the_view(org):
     ],
 )
 def test_writing_a_field_one_may_not_write_is_a_clear_error(org, key, customer, assignment, group):
-    with rolled_back(org, key) as conn:
+    with org.rolled_back(key) as conn:
         with pytest.raises(errors.InsufficientPrivilege) as info:
             conn.execute(
                 f"UPDATE crm_api.customers SET {assignment} WHERE id = %s", (org.id(customer),)
@@ -255,7 +243,7 @@ def test_writing_a_field_one_may_not_write_is_a_clear_error(org, key, customer, 
 
 
 def test_manager_reads_team_money_but_may_not_change_it(org):
-    with rolled_back(org, "mgr_hn") as conn:
+    with org.rolled_back("mgr_hn") as conn:
         with pytest.raises(errors.InsufficientPrivilege, match="field group financial"):
             conn.execute(
                 "UPDATE crm_api.contracts SET amount = 1 WHERE id = %s",
@@ -265,7 +253,7 @@ def test_manager_reads_team_money_but_may_not_change_it(org):
 
 
 def test_inserting_through_the_view(org):
-    with rolled_back(org, "cc") as conn:
+    with org.rolled_back("cc") as conn:
         # The call centre takes a chat lead with its phone (contact: written)
         row = conn.execute(
             "INSERT INTO crm_api.customers (project_id, full_name, source, phone)"
@@ -293,14 +281,14 @@ def test_inserting_through_the_view(org):
     ],
 )
 def test_copies_and_masks_are_crmdb_s_to_write(org, statement):
-    with rolled_back(org, "rep_a") as conn:
+    with org.rolled_back("rep_a") as conn:
         with pytest.raises(errors.InsufficientPrivilege, match="kept by crmdb"):
             conn.execute(statement, (org.id("c1"),))
         conn.rollback()
 
 
 def test_employees_cannot_create_or_delete_group_rows(org):
-    with rolled_back(org, "adm") as conn:
+    with org.rolled_back("adm") as conn:
         for statement in (
             "INSERT INTO crm.customers__contact (id, project_id) VALUES (%s, 1)",
             "DELETE FROM crm.customers__contact WHERE id = %s",

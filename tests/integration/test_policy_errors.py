@@ -199,6 +199,90 @@ TEMPLATE_ERRORS = {
         "solution: growth",
         "unknown solution 'growth'",
     ),
+    # Feature clusters: a template names its own solution's tables and reports only
+    "marketing names contracts": Case(
+        "marketing.yaml",
+        {
+            "marketing.yaml": [
+                (
+                    "  activities:\n",
+                    "  contracts:\n    rows:\n      - scope: customer\n"
+                    "        actions: [select]\n  activities:\n",
+                )
+            ]
+        },
+        "  contracts:",
+        "template marketing (solution marketing) names contracts, a table of the sales solution",
+    ),
+    "sales names campaigns": Case(
+        "sales_rep.yaml",
+        {
+            "sales_rep.yaml": [
+                (
+                    "  employees:\n",
+                    "  campaigns:\n    rows:\n      - scope: project\n"
+                    "        actions: [select]\n  employees:\n",
+                )
+            ]
+        },
+        "  campaigns:",
+        "template sales_rep (solution sales) names campaigns, a table of the marketing solution",
+    ),
+    "another solution's table through extends": Case(
+        "marketing.yaml",
+        {
+            "marketing.yaml": [
+                ("solution: marketing\n", "solution: marketing\nextends: [sales_rep]\n")
+            ]
+        },
+        "extends: [sales_rep]",
+        "extends sales_rep, which names contracts, a table of the sales solution",
+    ),
+    "a directory-only template names a marketing table": Case(
+        "helper.yaml",
+        {
+            "helper.yaml": [
+                (
+                    "",
+                    "template: helper\ntables:\n  segments:\n    rows:\n"
+                    "      - scope: own\n        actions: [select]\n",
+                )
+            ]
+        },
+        "  segments:",
+        "template helper (no solution) names segments, a table of the marketing solution",
+    ),
+    "report of another solution": Case(
+        "sales_manager.yaml",
+        {
+            "sales_manager.yaml": [
+                ("extends: [sales_rep]\n", "extends: [sales_rep]\nreports: [pipeline]\n")
+            ]
+        },
+        "reports: [pipeline]",
+        "names report pipeline of the management solution",
+    ),
+    "unknown report": Case(
+        "director.yaml",
+        {"director.yaml": [("reports: [pipeline]", "reports: [funnel]")]},
+        "reports: [funnel]",
+        "unknown report 'funnel' (expected: pipeline)",
+    ),
+    "report reading what the template cannot select": Case(
+        "auditor.yaml",
+        {
+            "auditor.yaml": [
+                (
+                    "",
+                    "template: auditor\nsolution: management\nreports: [pipeline]\ntables:\n"
+                    "  customers:\n    rows:\n      - scope: project\n        actions: [select]\n",
+                )
+            ]
+        },
+        "reports: [pipeline]",
+        "report pipeline reads customers, contracts, projects, employees as the caller; "
+        "the template does not select contracts, projects, employees",
+    ),
     "malformed inline test": Case(
         "director.yaml",
         {"director.yaml": [("select customers:c3,", "see customers:c3,")]},
