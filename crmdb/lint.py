@@ -1,17 +1,24 @@
 """`crmdb lint`: what a deployed database must not hold, each finding with its fix.
 
 The catalog checks are named queries in sql/lint.sql, one per kind of finding; policy
-drift reuses crmdb/policies/plan.py's comparison with what the templates generate.
-Nothing is changed: everything runs in one transaction that is rolled back.
+drift reuses crmdb/policies/plan.py's comparison with what the templates generate, and
+crm_api drift the scripts `crmdb policy apply` runs (compiled views are created as
+temporary views and compared as PostgreSQL prints them). Field groups: anchor copies
+and stored masks are compared with their rows. Nothing is changed: everything runs in
+one transaction that is rolled back.
 """
 
+import re
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from crmdb.catalog import DEFAULT_SCHEMAS
-from crmdb.policies.compile import Desired
+from crmdb.policies.compile import CustomField, Desired, api_script
 from crmdb.policies.plan import policy_changes
+from crmdb.policies.render import ddl
 from crmdb.queries import query
 
 LINT_FILE = "lint.sql"
@@ -26,6 +33,8 @@ CATALOG_CHECKS: tuple[str, ...] = (
     "public_grants",
     "owner_policy_drift",
     "template_grants_nothing",
+    "derived_columns_writable",
+    "audit_reader_without_groups",
 )
 DRIFT = {
     "extra": "no template generates this policy",
@@ -63,4 +72,139 @@ def lint(conn: psycopg.Connection, desired: Desired) -> list[Finding]:
         for kind in CATALOG_CHECKS:
             for obj, problem, fix in conn.execute(query(kind, LINT_FILE), params):
                 findings.append(Finding(kind, obj, problem, fix))
+        findings += api_drift(conn, desired)
+        findings += side_rows_out_of_step(conn)
+        findings += masks_out_of_step(conn, desired)
     return findings
+
+
+# crm_api ----------------------------------------------------------------------------
+
+_VIEW = re.compile(r"^CREATE VIEW \S+ WITH \(security_invoker = true\) AS\n(.*?);$", re.M | re.S)
+
+
+def _generated(
+    conn: psycopg.Connection, view: str, script: str, grants: list[str]
+) -> dict[str, Any]:
+    """What `script` (crm_api.<table> as policy apply makes it) would leave in the catalog."""
+    match = _VIEW.search(script)
+    assert match is not None, f"no view in the script of {view}"
+    temp = sql.Identifier("pg_temp", "crmdb_lint_" + view.split(".")[1])
+    conn.execute(sql.SQL("CREATE TEMP VIEW {} AS ").format(temp) + sql.SQL(match[1]))
+    row = conn.execute(
+        query("api_view_definition", LINT_FILE), {"view": temp.as_string(conn)}
+    ).fetchone()
+    assert row is not None
+    writer = script.split("$fn$")[1] if "$fn$" in script else None
+    return {
+        "definition": row[0],
+        "writer_source": writer,
+        "writer_definer": False if writer else None,
+        "writer_enabled": True if writer else None,
+        "grants": sorted(grants) or None,
+    }
+
+
+def api_drift(conn: psycopg.Connection, desired: Desired) -> list[Finding]:
+    """crm_api views missing, made by hand, or differing from what the templates generate
+    (definition, INSTEAD OF writer, its trigger, grants), each with the script that
+    `crmdb policy plan` would run."""
+    params = {"schemas": list(DEFAULT_SCHEMAS)}  # every check's parameters (%% is %)
+    have = {r[0]: r for r in conn.execute(query("api_views", LINT_FILE), params)}
+    fields = ("definition", "writer_source", "writer_definer", "writer_enabled", "grants")
+    found: list[Finding] = []
+    for view in sorted(set(have) - set(desired.api)):
+        found.append(
+            Finding(
+                "api_view_drift",
+                view,
+                "no template generates this view",
+                ddl("drop_api_view", view),
+            )
+        )
+    custom = [CustomField(*row) for row in conn.execute(query("custom_fields"))]
+    scripts = {name: api_script(view, custom) for name, view in desired.api.items()}
+    for view, script in sorted(scripts.items()):
+        recreate = "\n".join([ddl("as_owner"), script, ddl("reset_role")])
+        current = have.get(view)
+        if current is None:
+            problem = "missing: employees cannot read or write the table through crm_api"
+            found.append(Finding("api_view_drift", view, problem, recreate))
+            continue
+        table = "crm." + view.split(".")[1]
+        grants = [
+            f"{role}:{privilege.upper()}"
+            for (qualified, role), privileges in desired.grants.items()
+            if qualified == table
+            for privilege in privileges
+        ]
+        want = _generated(conn, view, script, grants)
+        have_now = dict(zip(fields, current[2:], strict=True))
+        have_now["grants"] = sorted(have_now["grants"] or []) or None
+        differ = [name for name in fields if have_now[name] != want[name]]
+        if current[1] is None or current[1] not in script:
+            differ.insert(0, "comment (not made by crmdb policy apply from these templates)")
+        if differ:
+            problem = "differs from what the templates generate: " + ", ".join(differ)
+            found.append(Finding("api_view_drift", view, problem, recreate))
+    return found
+
+
+# Field groups -----------------------------------------------------------------------
+
+
+def side_rows_out_of_step(conn: psycopg.Connection) -> list[Finding]:
+    """Field-group rows whose anchor copies differ from their row's (their policies
+    then answer for where the row was), and rows without their group row."""
+    found: list[Finding] = []
+    params = {"schemas": list(DEFAULT_SCHEMAS)}
+    for side, parent, anchors in conn.execute(query("side_tables", LINT_FILE), params).fetchall():
+        names = {
+            "side": sql.Identifier("crm", side),
+            "parent": sql.Identifier("crm", parent),
+            "anchors": sql.SQL(", ").join(map(sql.Identifier, anchors)),
+            "side_anchors": sql.SQL(", ").join(sql.Identifier("s", a) for a in anchors),
+            "parent_anchors": sql.SQL(", ").join(sql.Identifier("p", a) for a in anchors),
+        }
+        row = conn.execute(query("side_rows_out_of_step", LINT_FILE).format(**names)).fetchone()
+        assert row is not None
+        moved, missing = row
+        where = f"crm.{side}"
+        if moved:
+            problem = (
+                f"{moved} row(s) whose copies of {', '.join(anchors)} differ from crm.{parent}'s:"
+                " the group's policies answer for where the row was, not where it is"
+            )
+            fix = query("fix_side_anchors", LINT_FILE).format(**names).as_string(conn)
+            found.append(Finding("side_rows_out_of_step", where, problem, fix))
+        if missing:
+            problem = (
+                f"{missing} row(s) of crm.{parent} without their row here: their"
+                f" {side.split('__', 1)[1]} fields read as NULL and cannot be written"
+            )
+            fix = query("fix_side_rows", LINT_FILE).format(**names).as_string(conn)
+            found.append(Finding("side_rows_out_of_step", where, problem, fix))
+    return found
+
+
+def masks_out_of_step(conn: psycopg.Connection, desired: Desired) -> list[Finding]:
+    """Stored masks that are not the mask of their value as the templates declare it."""
+    found: list[Finding] = []
+    for (table, column), (group, keep) in sorted(desired.masks.items()):
+        names = {
+            "parent": sql.Identifier("crm", table),
+            "side": sql.Identifier("crm", f"{table}__{group}"),
+            "column": sql.Identifier(column),
+            "mask": sql.Identifier(f"{column}_mask"),
+        }
+        row = conn.execute(
+            query("masks_out_of_step", LINT_FILE).format(**names), {"keep": keep}
+        ).fetchone()
+        if row is not None and row[0]:
+            problem = (
+                f"{row[0]} stored mask(s) differ from the last {keep} character(s) of"
+                f" {table}.{column} (policies/fields.yaml): masked readers see another value"
+            )
+            fix = ddl("set_mask", table, group, column, keep)
+            found.append(Finding("masks_out_of_step", f"crm.{table}.{column}_mask", problem, fix))
+    return found

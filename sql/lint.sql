@@ -5,8 +5,9 @@
 -- so a literal percent sign is written %%, and returns one row per finding:
 -- object (what), problem (why it matters), fix (the SQL that mends it).
 -- Run with search_path = '' (lint_settings): names in fixes come out qualified.
--- Field-level security (issue 5): crm_api views, column privileges and masking get
--- their checks here.
+-- Field groups (issue 5): the checks after template_grants_nothing; crmdb/lint.py adds
+-- crm_api drift and masks (from the templates) and anchor copies (one query per side
+-- table, the `{...}` templates at the end of this file).
 
 -- lint_settings --
 -- Qualify every name in regprocedure and format output (local to the lint's transaction)
@@ -195,3 +196,148 @@ SELECT t.template AS object,
                     CROSS JOIN LATERAL aclexplode(c.relacl) AS a
                     WHERE n.nspname = 'crm' AND a.grantee = r.oid)
  ORDER BY 1
+
+-- derived_columns_writable --
+-- Anchor copies of field-group tables and stored masks that an employee role may write, with no crmdb trigger refusing it
+WITH guarded AS (
+    -- side tables: the parent's anchors; parents: <column>_mask of every masked column
+    SELECT c.oid AS relid, a.attnum, a.attname::text AS col, ARRAY['UPDATE'] AS privileges
+      FROM pg_class AS c
+      JOIN pg_namespace AS n ON n.oid = c.relnamespace
+      JOIN pg_class AS parent ON parent.relnamespace = c.relnamespace
+           AND parent.relname = split_part(c.relname, '__', 1)
+      JOIN pg_attribute AS a ON a.attrelid = c.oid
+     WHERE n.nspname = 'crm' AND c.relkind = 'r' AND c.relname LIKE '%%\_\_%%'
+       AND a.attname IN ('project_id', 'org_unit_id', 'owner_id', 'customer_id')
+       AND NOT a.attisdropped
+    UNION ALL
+    SELECT c.oid, a.attnum, a.attname::text, ARRAY['INSERT', 'UPDATE']
+      FROM crm_private.field_masks AS m
+      JOIN pg_class AS c ON c.relname = m.table_name
+           AND c.relnamespace = 'crm'::regnamespace
+      JOIN pg_attribute AS a ON a.attrelid = c.oid AND a.attname = m.column_name || '_mask'
+), writers AS (
+    -- employees hold what their templates hold; a grant to one of them by hand is
+    -- role_owns_objects' and public_grants' kind of mistake, not reported here
+    SELECT r.oid, r.rolname
+      FROM pg_roles AS r
+     WHERE r.rolname LIKE 'crmdb\_tpl\_%%' OR r.rolname LIKE 'crmdb\_rule\_%%'
+        OR r.rolname = 'crmdb_employee'
+), exposed AS (
+    SELECT g.relid, g.col, g.privileges,
+           string_agg(DISTINCT w.rolname::text, ', ' ORDER BY w.rolname::text) AS roles
+      FROM guarded AS g
+      JOIN writers AS w ON EXISTS (SELECT FROM unnest(g.privileges) AS p
+                                    WHERE has_column_privilege(w.oid, g.relid, g.attnum, p))
+     WHERE NOT EXISTS (
+           SELECT FROM pg_trigger AS t
+            WHERE t.tgrelid = g.relid AND NOT t.tgisinternal AND t.tgenabled IN ('O', 'A')
+              AND t.tgfoid = 'crm_private.keep_derived()'::regprocedure
+              AND t.tgtype & 3 = 3                       -- BEFORE, FOR EACH ROW
+              AND t.tgtype & 16 = 16                     -- UPDATE
+              AND (t.tgtype & 4 = 4 OR g.privileges = ARRAY['UPDATE'])  -- INSERT, for masks
+              AND (cardinality(t.tgattr::int2[]) = 0 OR g.attnum = ANY (t.tgattr::int2[]))
+              AND g.col = ANY (string_to_array(encode(t.tgargs, 'escape'), '\000')))
+     GROUP BY g.relid, g.col, g.privileges
+)
+SELECT format('%%s.%%I', x.relid::regclass, x.col) AS object,
+       format('%%s may write it (%%s) and no enabled crm_private.keep_derived trigger refuses that: %%s',
+              x.roles, array_to_string(x.privileges, ', '),
+              CASE WHEN x.privileges = ARRAY['UPDATE']
+                   THEN 'an anchor copy moved by hand detaches the field group from its row''s policies'
+                   ELSE 'a forged mask misleads every masked reader' END) AS problem,
+       format('DROP TRIGGER IF EXISTS _040_keep_derived ON %%1$s; CREATE TRIGGER _040_keep_derived'
+              ' BEFORE %%2$s OF %%3$s ON %%1$s FOR EACH ROW EXECUTE FUNCTION crm_private.keep_derived(%%4$s);',
+              x.relid::regclass,
+              CASE WHEN x.privileges = ARRAY['UPDATE'] THEN 'UPDATE' ELSE 'INSERT OR UPDATE' END,
+              (SELECT string_agg(quote_ident(g.col), ', ' ORDER BY g.attnum) FROM guarded AS g
+                WHERE g.relid = x.relid AND g.privileges = x.privileges),
+              (SELECT string_agg(quote_literal(g.col), ', ' ORDER BY g.attnum) FROM guarded AS g
+                WHERE g.relid = x.relid AND g.privileges = x.privileges)) AS fix
+  FROM exposed AS x
+ ORDER BY 1
+
+-- audit_reader_without_groups --
+-- Templates that read the audit trail but not every field group: crm.change_log holds every field's history
+WITH sides AS (
+    SELECT c.oid, c.relname
+      FROM pg_class AS c
+     WHERE c.relnamespace = 'crm'::regnamespace AND c.relkind = 'r'
+       AND c.relname LIKE '%%\_\_%%'
+       AND EXISTS (SELECT FROM pg_class AS parent WHERE parent.relnamespace = c.relnamespace
+                      AND parent.relname = split_part(c.relname, '__', 1))
+)
+SELECT r.rolname::text AS object,
+       format('reads crm.change_log, where field groups'' values are logged under their table''s name,'
+              ' but no policy lets it read %%s', string_agg(s.relname::text, ', ' ORDER BY s.relname)) AS problem,
+       format('REVOKE SELECT ON crm.change_log FROM %%I;  -- or name those groups in fields: {read: [...]}'
+              ' of the template''s scopes and run: crmdb policy apply', r.rolname) AS fix
+  FROM pg_roles AS r
+ CROSS JOIN sides AS s
+ WHERE (r.rolname LIKE 'crmdb\_tpl\_%%' OR r.rolname = 'crmdb_employee')
+   AND has_table_privilege(r.oid, 'crm.change_log', 'SELECT')
+   AND EXISTS (SELECT FROM pg_policy AS p
+                WHERE p.polrelid = 'crm.change_log'::regclass AND p.polcmd IN ('r', '*')
+                  AND (r.oid = ANY (p.polroles) OR p.polroles = '{0}'))
+   AND NOT EXISTS (SELECT FROM pg_policy AS p
+                    WHERE p.polrelid = s.oid AND p.polcmd IN ('r', '*')
+                      AND (r.oid = ANY (p.polroles) OR p.polroles = '{0}'))
+ GROUP BY r.rolname
+ ORDER BY 1
+
+-- side_tables --
+-- Field-group tables (crm.<parent>__<group>) with their parent and the anchors they copy from it (not a check)
+SELECT c.relname::text AS side, split_part(c.relname, '__', 1) AS parent,
+       array_agg(a.attname::text ORDER BY a.attnum) FILTER (WHERE a.attname IS NOT NULL) AS anchors
+  FROM pg_class AS c
+  JOIN pg_class AS parent ON parent.relnamespace = c.relnamespace
+       AND parent.relname = split_part(c.relname, '__', 1) AND parent.relkind = 'r'
+  LEFT JOIN pg_attribute AS a ON a.attrelid = c.oid AND NOT a.attisdropped
+       AND a.attname IN ('project_id', 'org_unit_id', 'owner_id', 'customer_id')
+       AND EXISTS (SELECT FROM pg_attribute AS pa WHERE pa.attrelid = parent.oid
+                      AND pa.attname = a.attname AND NOT pa.attisdropped)
+ WHERE c.relnamespace = 'crm'::regnamespace AND c.relkind = 'r' AND c.relname LIKE '%%\_\_%%'
+ GROUP BY c.relname
+ ORDER BY 1
+
+-- side_rows_out_of_step --
+-- Rows of one field-group table whose anchor copies differ from their parent's, and parents without their group row ({side}, {parent}, {anchors}, {side_anchors}, {parent_anchors} formatted by crmdb/lint.py)
+SELECT (SELECT count(*) FROM {side} AS s JOIN {parent} AS p ON p.id = s.id
+         WHERE ({side_anchors}) IS DISTINCT FROM ({parent_anchors})) AS moved,
+       (SELECT count(*) FROM {parent} AS p
+         WHERE NOT EXISTS (SELECT FROM {side} AS s WHERE s.id = p.id)) AS missing
+
+-- fix_side_anchors --
+-- The statement that copies a parent's anchors to its field-group rows again (formatted as above)
+UPDATE {side} AS s SET ({anchors}) = ROW({parent_anchors}) FROM {parent} AS p
+ WHERE p.id = s.id AND ({side_anchors}) IS DISTINCT FROM ({parent_anchors});
+
+-- fix_side_rows --
+-- The statement that makes the missing field-group rows (formatted as above)
+INSERT INTO {side} (id, {anchors}) SELECT p.id, {parent_anchors} FROM {parent} AS p
+ WHERE NOT EXISTS (SELECT FROM {side} AS s WHERE s.id = p.id);
+
+-- masks_out_of_step --
+-- Stored masks that differ from the mask of the value ({parent}, {side}, {column}, {mask} formatted by crmdb/lint.py; %(keep)s)
+SELECT count(*) FROM {parent} AS r JOIN {side} AS g ON g.id = r.id
+ WHERE r.{mask} IS DISTINCT FROM crm_private.mask_text(g.{column}, %(keep)s)
+
+-- api_views --
+-- crm_api's views: the comment policy apply left, the definition, the INSTEAD OF trigger's function (source, definer) and its state, and the grants
+SELECT format('crm_api.%%I', c.relname) AS view,
+       obj_description(c.oid, 'pg_class') AS comment,
+       pg_get_viewdef(c.oid) AS definition,
+       f.prosrc AS writer_source,
+       f.prosecdef AS writer_definer,
+       t.tgenabled IN ('O', 'A') AS writer_enabled,
+       (SELECT array_agg(format('%%s:%%s', a.grantee::regrole, a.privilege_type))
+          FROM aclexplode(c.relacl) AS a WHERE a.grantee <> c.relowner) AS grants
+  FROM pg_class AS c
+  LEFT JOIN pg_trigger AS t ON t.tgrelid = c.oid AND t.tgname = 'write'
+  LEFT JOIN pg_proc AS f ON f.oid = t.tgfoid
+ WHERE c.relnamespace = 'crm_api'::regnamespace AND c.relkind = 'v'
+ ORDER BY 1
+
+-- api_view_definition --
+-- The definition of a view as PostgreSQL prints it (the desired one, created as a temporary view)
+SELECT pg_get_viewdef(%(view)s::regclass)

@@ -25,6 +25,16 @@ PostgreSQL and compares, employee by employee.
                    own and subordinates bound the owner, every other scope keeps it
                    (issue 8: a criteria scope with insert and update let the call centre
                    hand leads to anyone). Visibility and no-op updates are unchanged.
+
+Contracts: scopes own, subordinates (the contract's owner), project, all, shared (the
+contract's customer is shared to E) and customer (E sees the contract's customer).
+
+Field groups (policies/fields.yaml): a scope names groups it reads and writes; a field
+of a visible row reads as its value where a select grant on the row names its group
+(a rule: its fields), as the mask where the field has one (phone: all but the last 3
+characters as *), NULL otherwise. A group of a row is writable where an update grant on
+the row names it in write (an edit rule: its fields, as far as E's templates grant
+UPDATE on the group's table). The generator names `write` only on scopes with update.
 """
 
 from collections.abc import Callable
@@ -34,6 +44,16 @@ STAGES = ("lead", "qualified", "opportunity", "customer", "after_sales", "lost")
 SOURCES = ("chat", "call_center", "web_form", "email", "referral", "event", "import", "manual")
 SOLUTIONS = ("sales", "marketing", "management")
 KINDS = ("own", "subordinates", "org_unit", "project", "shared", "criteria", "all")
+CONTRACT_KINDS = ("own", "subordinates", "project", "shared", "customer", "all")
+GROUPS: dict[str, tuple[str, ...]] = {
+    "contact": ("phone", "email", "address"),
+    "financial": ("bank_account", "bank_name", "tax_code", "financial_notes"),
+    "internal_notes": ("notes",),
+}
+CONTRACT_GROUPS: dict[str, tuple[str, ...]] = {
+    "financial": ("amount", "payment_method", "bank_account", "bank_name"),
+}
+MASKS = {"phone": 3}  # column -> characters the mask keeps
 
 
 @dataclass(frozen=True)
@@ -83,6 +103,8 @@ class Scope:
     name: str = ""
     where: str | None = None  # criteria only: a key of CRITERIA
     include_sub_units: bool = False  # org_unit only
+    read: frozenset[str] = frozenset()  # field groups (besides core) it shows
+    write: frozenset[str] = frozenset()  # ... and lets write (a subset of read)
 
     @property
     def label(self) -> str:
@@ -94,6 +116,14 @@ class Template:
     name: str
     parent: str | None
     scopes: tuple[Scope, ...]
+    contracts: tuple[Scope, ...] = ()  # scopes on crm.contracts
+
+
+@dataclass(frozen=True)
+class Contract:
+    customer: int
+    project: int
+    owner: int | None
 
 
 @dataclass(frozen=True)
@@ -133,6 +163,7 @@ class Rule:
     unit: int | None
     include_sub_units: bool
     employees: tuple[int, ...]
+    fields: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -148,6 +179,7 @@ class World:
     departed: frozenset[int]  # after the moves
     rules: tuple[Rule, ...]
     apply_early: bool  # policies applied before memberships (the trigger syncs roles)
+    contracts: tuple[Contract, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -162,6 +194,7 @@ class Grant:
     action: str  # select or update
     via: str  # e.g. "t_abc/own" or "rule r0"
     kind: str  # the scope kind, or "rule"
+    groups: frozenset[str] = frozenset()  # read groups (select), write groups (update)
 
 
 # Trees ------------------------------------------------------------------------
@@ -221,11 +254,13 @@ def subordinates(employees: list[Employee], boss: int) -> set[int]:
 # Templates ----------------------------------------------------------------------
 
 
-def effective_scopes(templates: tuple[Template, ...], name: str) -> tuple[Scope, ...]:
+def effective_scopes(
+    templates: tuple[Template, ...], name: str, table: str = "customers"
+) -> tuple[Scope, ...]:
     """The template's scopes with its parent's merged in; a re-declared label replaces."""
     t = next(t for t in templates if t.name == name)
-    merged = list(effective_scopes(templates, t.parent)) if t.parent else []
-    for scope in t.scopes:
+    merged = list(effective_scopes(templates, t.parent, table)) if t.parent else []
+    for scope in t.scopes if table == "customers" else t.contracts:
         for i, existing in enumerate(merged):
             if existing.label == scope.label:
                 merged[i] = scope
@@ -330,14 +365,15 @@ def grants(world: World, employee: int, rules: tuple[Rule, ...] | None = None) -
                 for i, c in enumerate(world.customers):
                     guard = scope.kind == "all" or c.project in projects
                     if guard and _predicate(world, employees, scope, i, employee, action):
-                        found.append(Grant(i, action, f"{name}/{scope.label}", scope.kind))
+                        groups = scope.read if action == "select" else scope.write
+                        found.append(Grant(i, action, f"{name}/{scope.label}", scope.kind, groups))
     for rule in world.rules if rules is None else rules:
         if not in_audience(world, employees, rule, employee):
             continue
         actions = ("select", "update") if rule.access == "edit" else ("select",)
         for i, c in enumerate(world.customers):
             if CRITERIA[rule.where](c) and (rule.project is None or c.project == rule.project):
-                found += [Grant(i, a, f"rule {rule.name}", "rule") for a in actions]
+                found += [Grant(i, a, f"rule {rule.name}", "rule", rule.fields) for a in actions]
     return found
 
 
@@ -366,3 +402,133 @@ def out_of_reach(world: World, employee: int, customer: int) -> int | None:
 def given_away(world: World, employee: int) -> frozenset[int]:
     """Customers `employee` can give to out_of_reach(): none, through any scope."""
     return frozenset()
+
+
+# Fields -------------------------------------------------------------------------------
+
+
+def mask(value: str, keep: int) -> str:
+    return "*" * max(len(value) - keep, 0) + value[len(value) - keep :]
+
+
+def field_value(table: str, column: str, index: int) -> str:
+    """What the property test stores in a field of row `index` (distinct values)."""
+    if column == "phone":
+        return f"09{index:08d}"
+    if column == "amount":
+        return f"{1000 + index}.50"
+    return f"{table[:2]}{index}:{column}"
+
+
+def _held_side_update(world: World, employee: int, group: str) -> bool:
+    """Whether a held template names `group` in a customers scope's write (the UPDATE
+    privilege on its table, which edit rules need too)."""
+    return any(
+        group in scope.write
+        for name in holdings(world, employee)
+        for scope in effective_scopes(world.templates, name)
+    )
+
+
+@dataclass(frozen=True)
+class Fields:
+    """Per visible row: the groups the employee reads and may write."""
+
+    read: dict[int, frozenset[str]]
+    write: dict[int, frozenset[str]]
+
+
+def customer_fields(world: World, employee: int, rules: tuple[Rule, ...] | None = None) -> Fields:
+    seen = access(world, employee, rules).visible or frozenset()
+    read: dict[int, set[str]] = {i: set() for i in seen}
+    write: dict[int, set[str]] = {i: set() for i in seen}
+    for g in grants(world, employee, rules):
+        if g.customer not in seen:
+            continue
+        if g.action == "select":
+            read[g.customer] |= g.groups
+        elif g.kind != "rule":
+            write[g.customer] |= g.groups
+        else:  # an edit rule writes its groups where the templates grant UPDATE on them
+            write[g.customer] |= {x for x in g.groups if _held_side_update(world, employee, x)}
+    return Fields(
+        {i: frozenset(v) for i, v in read.items()}, {i: frozenset(v) for i, v in write.items()}
+    )
+
+
+def customer_row(world: World, fields: Fields, index: int) -> tuple[str | None, ...]:
+    """The fields of customer `index` as crm_api.customers shows them (GROUPS order)."""
+    values: list[str | None] = []
+    for group, columns in GROUPS.items():
+        for column in columns:
+            value = field_value("customers", column, index)
+            if group in fields.read[index]:
+                values.append(value)
+            else:
+                values.append(mask(value, MASKS[column]) if column in MASKS else None)
+    return tuple(values)
+
+
+def _contract_predicate(
+    world: World, employees: list[Employee], scope: Scope, k: int, me: int, action: str
+) -> bool:
+    contract = world.contracts[k]
+    if scope.kind == "own":
+        return contract.owner == me
+    if scope.kind == "subordinates":
+        return contract.owner is not None and contract.owner in subordinates(employees, me)
+    if scope.kind in ("project", "all"):
+        return True
+    if scope.kind == "shared":
+        return any(
+            s.customer == contract.customer
+            and _live(s)
+            and (s.employee == me or (s.unit is not None and s.unit == employees[me].unit))
+            and (action == "select" or s.access == "edit")
+            for s in world.shares
+        )
+    if scope.kind == "customer":
+        return False  # decided by contract_access, from the customers the employee sees
+    raise AssertionError(f"unknown contract scope kind {scope.kind}")
+
+
+@dataclass(frozen=True)
+class ContractAccess:
+    visible: frozenset[int] | None  # None: no SELECT privilege on crm.contracts
+    read: frozenset[int]  # contracts whose financial group the employee reads
+    write: frozenset[int]  # ... and may write
+
+
+def contract_access(
+    world: World, employee: int, rules: tuple[Rule, ...] | None = None
+) -> ContractAccess:
+    if employee in world.departed:
+        return ContractAccess(None, frozenset(), frozenset())
+    held = holdings(world, employee)
+    scopes = {name: effective_scopes(world.templates, name, "contracts") for name in held}
+    if not any("select" in s.actions for ss in scopes.values() for s in ss):
+        return ContractAccess(None, frozenset(), frozenset())
+    employees = final_employees(world)
+    customers = access(world, employee, rules).visible or frozenset()
+    visible: set[int] = set()
+    read: set[int] = set()
+    write: set[int] = set()
+    for name, projects in held.items():
+        for scope in scopes[name]:
+            for k, contract in enumerate(world.contracts):
+                if not (scope.kind == "all" or contract.project in projects):
+                    continue
+                for action in ("select", "update"):
+                    if action not in scope.actions:
+                        continue
+                    if scope.kind == "customer":
+                        ok = contract.customer in customers
+                    else:
+                        ok = _contract_predicate(world, employees, scope, k, employee, action)
+                    if ok and action == "select":
+                        visible.add(k)
+                        if "financial" in scope.read:
+                            read.add(k)
+                    elif ok and "financial" in scope.write:
+                        write.add(k)
+    return ContractAccess(frozenset(visible), frozenset(read), frozenset(write & visible))

@@ -12,8 +12,15 @@ ATTACKERS are a sales rep, a marketing employee, a manager, the on-leave and the
 departed employee. VISIBLE is what each may see of crm.customers (the ground truth the
 attacks compare with, written down independently of the policies); TARGET (c3, in
 project p2) is hidden from every attacker.
+
+Field groups (policies/fields.yaml): every customer and contract holds a distinct value
+in every field (SECRETS, set by the superuser), and a contract kx on c6 (rep_c's,
+shared to rep_a with edit) is added, whose money rep_a sees the row of but not the
+fields. READS and WRITES say which groups each attacker may read and write on which
+rows, written down from the templates (policies/*.yaml), not from the policies.
 """
 
+import hashlib
 import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -97,7 +104,93 @@ def build_attack_org(db: ScratchDatabase) -> AttackOrg:
             admin.set_employee_status(conn, role, status)
         # A session that survived the departure: log in as the departed role again.
         conn.execute(sql.SQL("ALTER ROLE {} LOGIN").format(sql.Identifier(db.role("gone"))))
+        _field_values(conn, org)
     return AttackOrg(org)
+
+
+# Field groups ---------------------------------------------------------------------
+
+CUSTOMER_GROUPS: dict[str, tuple[str, ...]] = {
+    "contact": ("phone", "email", "address"),
+    "financial": ("bank_account", "bank_name", "tax_code", "financial_notes"),
+    "internal_notes": ("notes",),
+}
+CONTRACT_COLUMNS = ("amount", "payment_method", "bank_account", "bank_name")
+MASKED = {"phone": 3}  # column -> characters the mask keeps
+ALL = frozenset(CUSTOMER_GROUPS)
+NOTES = frozenset({"contact", "internal_notes"})
+CONTACT = frozenset({"contact"})
+FINANCIAL = frozenset({"financial"})
+
+# customer key -> groups the attacker reads (rows not named: none); from the templates:
+# sales_rep own: all, shared: contact and notes; marketing project: contact;
+# sales_manager subordinates: all (writes contact and notes only).
+READS: dict[str, dict[str, frozenset[str]]] = {
+    "rep_a": {"c1": ALL, "c4": ALL, "c6": NOTES},
+    "mkt": {k: CONTACT for k in P1_ALL},
+    "mgr_hn": {k: ALL for k in VISIBLE["mgr_hn"]},
+    "away": {"x_away": ALL},
+    "gone": {},
+}
+WRITES: dict[str, dict[str, frozenset[str]]] = {
+    "rep_a": {"c1": ALL, "c4": ALL, "c6": NOTES},
+    "mkt": {},
+    "mgr_hn": {k: NOTES for k in VISIBLE["mgr_hn"]},
+    "away": {"x_away": ALL},
+    "gone": {},
+}
+# contract key -> whether the attacker reads (writes) its financial group
+CONTRACT_READS: dict[str, set[str]] = {
+    "rep_a": {"k1", "k4"},  # own; kx (on c6) only through the customer: core
+    "mkt": set(),  # no privilege on contracts at all
+    "mgr_hn": {"k1", "k2", "k4"},  # subordinates: read only
+    "away": set(),
+    "gone": set(),
+}
+CONTRACT_WRITES: dict[str, set[str]] = {"rep_a": {"k1", "k4"}}
+
+
+def field_value(table: str, column: str, key: str) -> str:
+    """The value the fixture stores in a field of row `key`: distinct from every other
+    field's, and never part of another (so finding it in any output is a leak)."""
+    if column == "phone":  # phone-shaped, so its mask looks like one
+        digest = int(hashlib.sha256(key.encode()).hexdigest(), 16)
+        return "09" + str(digest % 10**8).zfill(8)
+    if column == "amount":
+        return f"{sum(map(ord, key)) * 1000 + 7}.25"
+    return f"S:{table}.{column}:{key}:"
+
+
+def mask(value: str, keep: int) -> str:
+    return "*" * max(len(value) - keep, 0) + value[len(value) - keep :]
+
+
+def _field_values(conn: psycopg.Connection, org: PolicyOrg) -> None:
+    ids = org.loaded.ids
+    kx = conn.execute(
+        "INSERT INTO crm.contracts (customer_id, project_id, owner_id, title)"
+        " SELECT id, project_id, owner_id, 'kx' FROM crm.customers WHERE id = %s RETURNING id",
+        (ids[("customers", "c6")],),
+    ).fetchone()
+    assert kx is not None
+    ids[("contracts", "kx")] = int(kx[0])
+    for (table, key), row_id in list(ids.items()):
+        if table == "customers":
+            for group, columns in CUSTOMER_GROUPS.items():
+                conn.execute(
+                    sql.SQL("UPDATE {} SET ({}) = ROW({}) WHERE id = %s").format(
+                        sql.Identifier("crm", f"customers__{group}"),
+                        sql.SQL(", ").join(map(sql.Identifier, columns)),
+                        sql.SQL(", ").join(sql.Placeholder() * len(columns)),
+                    ),
+                    [*(field_value("customers", c, key) for c in columns), row_id],
+                )
+        elif table == "contracts":
+            conn.execute(
+                "UPDATE crm.contracts__financial SET (amount, payment_method, bank_account,"
+                " bank_name) = ROW(%s::numeric, %s, %s, %s) WHERE id = %s",
+                [*(field_value("contracts", c, key) for c in CONTRACT_COLUMNS), row_id],
+            )
 
 
 @dataclass
@@ -131,6 +224,30 @@ class Attacker:
         """Keys of the hidden customers among `customer_ids` (rows the attempt made
         itself are not hidden)."""
         return self.org.customer_keys(set(customer_ids) & self.hidden)
+
+    def reads(self, customer: str) -> frozenset[str]:
+        """Field groups of customer `customer` (a key) the attacker may read."""
+        return READS[self.key].get(customer, frozenset())
+
+    def writes(self, customer: str) -> frozenset[str]:
+        return WRITES[self.key].get(customer, frozenset())
+
+    def field_values(self, *, hidden: bool) -> set[str]:
+        """Every value the fixture stored in a field the attacker may not read
+        (hidden=True), or may read. Finding a hidden one in any output is a leak."""
+        found: set[str] = set()
+        for table, key in self.org.org.loaded.ids:
+            if table == "customers":
+                for group, columns in CUSTOMER_GROUPS.items():
+                    if (group not in self.reads(key)) == hidden:
+                        found |= {field_value(table, c, key) for c in columns}
+            elif table == "contracts" and (key not in CONTRACT_READS[self.key]) == hidden:
+                found |= {field_value(table, c, key) for c in CONTRACT_COLUMNS}
+        return found
+
+    def leaked_values(self, told: str) -> set[str]:
+        """The hidden field values in `told` (what a statement taught the attacker)."""
+        return {v for v in self.field_values(hidden=True) if v in told}
 
 
 @contextmanager

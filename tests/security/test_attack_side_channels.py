@@ -228,7 +228,8 @@ def test_explain_access_probe(attacker):
 def test_explain_analyze_tells_hidden_matches(attack_org):
     # PostgreSQL evaluates a leakproof condition (=, <, ...) before the policies, and
     # EXPLAIN ANALYZE shows whether rows got past it: an employee who can run
-    # EXPLAIN ANALYZE learns whether hidden rows hold a value (but not which rows).
+    # EXPLAIN ANALYZE learns whether hidden rows hold a value (with `id = N`: which
+    # rows, and with `<` the value itself, test_attack_fields.py's bisection).
     query = (
         "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF, BUFFERS OFF)"
         " SELECT id FROM crm.customers WHERE full_name = %s"
