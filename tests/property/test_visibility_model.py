@@ -354,15 +354,15 @@ def template_docs(world: World, physical: dict[str, str]) -> dict[str, dict[str,
     """Each template as the YAML document written for it."""
     docs: dict[str, dict[str, object]] = {}
     for t in world.templates:
-        doc: dict[str, object] = {"template": physical[t.name]}
+        # Management templates may name every solution's tables (feature clusters): the
+        # generated templates name customers and contracts freely.
+        doc: dict[str, object] = {"template": physical[t.name], "solution": "management"}
         if t.parent:
             doc["extends"] = [physical[t.parent]]
         tables: dict[str, object] = {"customers": {"rows": [_scope_yaml(s) for s in t.scopes]}}
         if t.contracts:
             tables["contracts"] = {"rows": [_scope_yaml(s) for s in t.contracts]}
         doc["tables"] = tables
-        # crmdb's loader rejects a template without `tests:` ("'tests' must be a list"),
-        # see the report; an empty list is accepted.
         doc["tests"] = []
         docs[t.name] = doc
     return docs
