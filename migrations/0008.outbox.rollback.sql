@@ -8,6 +8,7 @@ DROP FUNCTION crm.set_notification_preferences(text, boolean);
 DROP FUNCTION crm_private.next_outbox_due();
 DROP FUNCTION crm_private.notify_due(integer, timestamptz);
 DROP FUNCTION crm_private.recover_emails();
+DROP FUNCTION crm_private.transmitting_email(bigint, bigint, timestamptz);
 DROP FUNCTION crm_private.finish_email(bigint, bigint, crm_private.email_status, text, timestamptz, text, integer, interval);
 DROP FUNCTION crm_private.claim_emails(integer, timestamptz, text);
 DROP FUNCTION crm_private.email_lock_key(bigint);

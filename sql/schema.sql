@@ -2306,7 +2306,7 @@ CREATE TYPE crm_private.email_status AS ENUM (
     'sending',     -- claimed by a worker, which holds its advisory lock while it sends
     'sent',        -- the SMTP server accepted it
     'dead',        -- dead letter: refused for good, or max attempts failed (last_error)
-    'unknown',     -- the worker stopped mid-send: never retried (at-most-once)
+    'unknown',     -- the worker stopped while transmitting: never retried (at-most-once)
     'skipped',     -- nothing to send: no address, or the recipient departed
     'suppressed'   -- the address unsubscribed (automation emails only)
 );
@@ -2408,6 +2408,7 @@ CREATE TABLE crm_private.email_outbox (
     claim_token            bigint,
     claimed_by             text,
     claimed_at             timestamptz,
+    transmit_started_at    timestamptz,
     sent_at                timestamptz,
     last_error             text,
     unsubscribe_token      uuid NOT NULL UNIQUE DEFAULT pg_catalog.gen_random_uuid(),
@@ -2421,6 +2422,7 @@ COMMENT ON COLUMN crm_private.email_outbox.recipient_email IS 'Employees: their 
 COMMENT ON COLUMN crm_private.email_outbox.customer_id IS 'The customer the email is about (rendered with the fields the recipient may see)';
 COMMENT ON COLUMN crm_private.email_outbox.context IS 'Template variables fixed at the event: notification kind, subject and details';
 COMMENT ON COLUMN crm_private.email_outbox.dedupe_key IS 'One email per event: automation, record (a second identical event queues nothing)';
+COMMENT ON COLUMN crm_private.email_outbox.transmit_started_at IS 'Committed just before the message itself goes to the server: a worker that dies before it never transmitted (the email is retried), after it maybe did (unknown)';
 COMMENT ON COLUMN crm_private.email_outbox.claim_token IS 'Identifies the claim of the worker sending it; the outcome is recorded only with it';
 COMMENT ON COLUMN crm_private.email_outbox.unsubscribe_token IS 'Secret of the email''s unsubscribe link (crm.unsubscribe)';
 
@@ -2687,7 +2689,8 @@ COMMENT ON FUNCTION crm_private.email_lock_key(bigint) IS 'Second key of an outb
 
 CREATE FUNCTION crm_private.claim_emails(p_limit integer, p_now timestamptz, p_worker text)
 RETURNS TABLE (id bigint, claim_token bigint, template text, language text,
-               recipient_employee_id bigint, recipient_role name, recipient_departed boolean,
+               recipient_employee_id bigint, recipient_role name, recipient_name text,
+               recipient_departed boolean,
                recipient_customer_id bigint, recipient_email text, customer_id bigint,
                contract_id bigint, automation boolean, context jsonb, attempts integer,
                unsubscribe_token uuid)
@@ -2703,7 +2706,7 @@ BEGIN
     WITH claimed AS (
         UPDATE crm_private.email_outbox AS o
            SET status = 'sending', attempts = o.attempts + 1, claim_token = v_token,
-               claimed_by = p_worker, claimed_at = p_now
+               claimed_by = p_worker, claimed_at = p_now, transmit_started_at = NULL
          WHERE o.id IN (SELECT q.id FROM crm_private.email_outbox AS q
                          WHERE q.status = 'queued' AND q.next_attempt_at <= p_now
                          ORDER BY q.next_attempt_at, q.id
@@ -2711,12 +2714,16 @@ BEGIN
                            FOR UPDATE SKIP LOCKED)
         RETURNING o.*
     )
-    SELECT c.id, c.claim_token, c.template, c.language, c.recipient_employee_id,
-           e.role_name, e.status = 'departed', c.recipient_customer_id, c.recipient_email,
+    -- The recipient's language as it is now (a customer's may be set after the event).
+    SELECT c.id, c.claim_token, c.template,
+           coalesce(np.language, cl.language, c.language), c.recipient_employee_id,
+           e.role_name, e.full_name, e.status = 'departed', c.recipient_customer_id, c.recipient_email,
            c.customer_id, c.contract_id, c.automation_id IS NOT NULL OR c.context ? 'automation',
            c.context, c.attempts, c.unsubscribe_token
       FROM claimed AS c
       LEFT JOIN crm.employees AS e ON e.id = c.recipient_employee_id
+      LEFT JOIN crm_private.notification_preferences AS np ON np.employee_id = c.recipient_employee_id
+      LEFT JOIN crm_private.customer_languages AS cl ON cl.customer_id = c.recipient_customer_id
       -- A session lock: it outlives this transaction, ends with the session.
       CROSS JOIN LATERAL pg_catalog.pg_advisory_lock(pg_catalog.hashtext('crmdb email'),
                                                      crm_private.email_lock_key(c.id)) AS l
@@ -2759,6 +2766,21 @@ END
 $$;
 COMMENT ON FUNCTION crm_private.finish_email(bigint, bigint, crm_private.email_status, text, timestamptz, text, integer, interval) IS 'Records what became of a claimed email (sent, queued for a retry with backoff or dead after p_max_attempts, dead, skipped, suppressed) and releases its lock; NULL if the claim is no longer the caller''s';
 
+CREATE FUNCTION crm_private.transmitting_email(p_id bigint, p_token bigint, p_now timestamptz)
+RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM crm_private.check_worker();
+    -- Committed by the caller before the message goes on the wire (after the server
+    -- said 354 to DATA): the line between "never transmitted" and "maybe delivered".
+    UPDATE crm_private.email_outbox AS o SET transmit_started_at = p_now
+     WHERE o.id = p_id AND o.claim_token = p_token AND o.status = 'sending';
+    RETURN FOUND;
+END
+$$;
+COMMENT ON FUNCTION crm_private.transmitting_email(bigint, bigint, timestamptz) IS 'Marks a claimed email as being transmitted (the worker commits it before sending the message); false if the claim is no longer the caller''s';
+
 CREATE FUNCTION crm_private.recover_emails() RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
@@ -2766,22 +2788,27 @@ DECLARE
     v_count integer;
 BEGIN
     PERFORM crm_private.check_worker();
-    -- An email still 'sending' whose lock is free lost its worker between the claim and
-    -- the outcome: the server may or may not have accepted it. At most once: it is not
-    -- sent again; an operator checks the server's log for its Message-ID and requeues
-    -- it if it never arrived (crm_admin.requeue_email). Call only while holding no
-    -- claims of one's own (a session's own locks are free to it).
+    -- An email still 'sending' whose lock is free lost its worker. Before transmission
+    -- it never reached the server: queued again, the attempt not counted. After it the
+    -- server may have accepted it: at most once, it is not sent again; an operator
+    -- checks the server's log for its Message-ID and requeues it if it never arrived
+    -- (crm_admin.requeue_email). Call only while holding no claims of one's own (a
+    -- session's own locks are free to it).
     UPDATE crm_private.email_outbox AS o
-       SET status = 'unknown',
-           last_error = pg_catalog.format('delivery unknown: worker %s stopped while sending (claimed %s); not retried, see Message-ID in the server log',
-                                          o.claimed_by, o.claimed_at)
+       SET status = CASE WHEN o.transmit_started_at IS NULL THEN 'queued'::crm_private.email_status
+                         ELSE 'unknown' END,
+           attempts = CASE WHEN o.transmit_started_at IS NULL THEN o.attempts - 1 ELSE o.attempts END,
+           claim_token = CASE WHEN o.transmit_started_at IS NULL THEN NULL ELSE o.claim_token END,
+           last_error = CASE WHEN o.transmit_started_at IS NULL THEN o.last_error
+               ELSE pg_catalog.format('delivery unknown: worker %s stopped while transmitting (since %s); not retried, look for its Message-ID in the SMTP server''s log',
+                                      o.claimed_by, o.transmit_started_at) END
      WHERE o.status = 'sending'
        AND pg_catalog.pg_try_advisory_xact_lock(pg_catalog.hashtext('crmdb email'), crm_private.email_lock_key(o.id));
     GET DIAGNOSTICS v_count = ROW_COUNT;
     RETURN v_count;
 END
 $$;
-COMMENT ON FUNCTION crm_private.recover_emails() IS 'Marks unknown the emails whose worker died mid-send (their lock is free); returns how many';
+COMMENT ON FUNCTION crm_private.recover_emails() IS 'Emails whose worker died (their lock is free): queued again if never transmitted, else unknown; returns how many';
 
 CREATE FUNCTION crm_private.notify_due(p_limit integer, p_now timestamptz)
 RETURNS TABLE (reminders integer, warnings integer)
@@ -2838,14 +2865,14 @@ END
 $$;
 COMMENT ON FUNCTION crm_private.notify_due(integer, timestamptz) IS 'The worker''s reminder batch: due task/appointment reminders and SLA warnings become notifications (and emails); p_now pins the clock (tests)';
 
-CREATE FUNCTION crm_private.next_outbox_due() RETURNS timestamptz
+CREATE FUNCTION crm_private.next_outbox_due(OUT notifications timestamptz, OUT emails timestamptz)
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT least((SELECT min(r.remind_at) FROM crm_private.reminders AS r WHERE r.sent_at IS NULL),
-                 (SELECT min(w.warn_at) FROM crm_private.sla_warnings AS w WHERE w.sent_at IS NULL),
-                 (SELECT min(o.next_attempt_at) FROM crm_private.email_outbox AS o WHERE o.status = 'queued'))
+                 (SELECT min(w.warn_at) FROM crm_private.sla_warnings AS w WHERE w.sent_at IS NULL)),
+           (SELECT min(o.next_attempt_at) FROM crm_private.email_outbox AS o WHERE o.status = 'queued')
 $$;
-COMMENT ON FUNCTION crm_private.next_outbox_due() IS 'When the next reminder, SLA warning or queued email falls due (the worker sleeps until then at most)';
+COMMENT ON FUNCTION crm_private.next_outbox_due() IS 'When the next reminder or SLA warning, and the next queued email, fall due (the worker sleeps until then at most)';
 
 -- Employees and the app ------------------------------------------------------------
 
