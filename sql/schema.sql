@@ -2503,7 +2503,11 @@ CREATE FUNCTION crm_private.shares_granted() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    -- To the grantee, or every active member of the grantee unit; never to the granter.
+    -- Shares an employee makes (not a DBA's bulk load: seed, demo, imports) notify the
+    -- grantee, or every active member of the grantee unit; never the granter.
+    IF NOT EXISTS (SELECT FROM crm.employees AS e WHERE e.role_name = crm_private.acting_role()) THEN
+        RETURN NULL;
+    END IF;
     PERFORM crm_private.notify(g.employee_id, 'share_granted',
                                pg_catalog.format('Customer #%s shared with you (%s)', n.customer_id, n.access),
                                pg_catalog.jsonb_build_object('share_id', n.id, 'access', n.access,
@@ -2521,7 +2525,7 @@ BEGIN
     RETURN NULL;
 END
 $$;
-COMMENT ON FUNCTION crm_private.shares_granted() IS 'AFTER INSERT statement trigger on crm.shares: notifies whoever a customer was shared with';
+COMMENT ON FUNCTION crm_private.shares_granted() IS 'AFTER INSERT statement trigger on crm.shares: notifies whoever an employee shared a customer with';
 CREATE TRIGGER _700_notify AFTER INSERT ON crm.shares
     REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION crm_private.shares_granted();
 

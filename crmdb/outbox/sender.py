@@ -96,11 +96,12 @@ def _message(
     address: str,
     rendered: Rendered,
     now: datetime | None,
+    values_name: str | None,
 ) -> EmailMessage:
     message = EmailMessage()
     message["Subject"] = rendered.subject
     message["From"] = config.sender
-    name = email.get("recipient_name") or ""
+    name = values_name or ""
     message["To"] = formataddr((name, address)) if name else address
     message["Date"] = format_datetime(now or datetime.now(UTC))
     # The idempotency key, visible to the server: one outbox row, one Message-ID.
@@ -152,7 +153,7 @@ def _deliver(
         rendered = render(email["template"], email["language"], values)
     except RenderError as exc:
         return Delivery(DEAD, f"template: {exc}"), address
-    message = _message(conn, config, email, address, rendered, now)
+    message = _message(conn, config, email, address, rendered, now, values["recipient"]["name"])
     sender = parseaddr(config.sender)[1]
 
     def transmitting() -> bool:
