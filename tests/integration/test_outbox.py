@@ -90,8 +90,10 @@ def new_customer(org: PolicyOrg, key: str, full_name: str = "Khách", **columns:
 
 def test_welcome_email_reaches_the_customer_in_their_language(org, smtp, tmp_path):
     apply_automations(org, tmp_path)
-    vi = new_customer(org, "rep_a", full_name="Nguyễn Văn An", email="an@khach.test", source="web_form")
-    en = new_customer(org, "rep_a", full_name="John Smith", email="john@client.test", source="web_form")
+    new_customer(org, "rep_a", full_name="Nguyễn Văn An", email="an@khach.test", source="web_form")
+    en = new_customer(
+        org, "rep_a", full_name="John Smith", email="john@client.test", source="web_form"
+    )
     new_customer(org, "rep_a", full_name="Qua điện thoại", email="x@khach.test", source="chat")
     new_customer(org, "rep_a", full_name="Không email", source="web_form")
     with org.db.connect() as conn:
@@ -143,7 +145,9 @@ def test_a_won_contract_sends_the_order_confirmation_once(org, smtp, tmp_path):
             " WHERE customer_id = %s",
             [customer],
         )
-        conn.execute("UPDATE crm.contracts SET title = 'Gói Vàng 2030' WHERE customer_id = %s", [customer])
+        conn.execute(
+            "UPDATE crm.contracts SET title = 'Gói Vàng 2030' WHERE customer_id = %s", [customer]
+        )
     assert send(org, smtp).outcomes == {"sent": 1}
     (got,) = smtp.recorder.received
     assert got.subject == 'Cảm ơn anh/chị: đơn hàng "Gói Vàng 2030" đã được xác nhận'
@@ -198,7 +202,9 @@ def test_after_max_attempts_the_email_is_a_dead_letter_with_its_error(org, smtp,
         for attempt in range(3):
             now = T0 + timedelta(hours=attempt)
             send_due(conn, smtp.config(max_attempts=3), now=now)
-            due.append(conn.execute("SELECT next_attempt_at FROM crm_private.email_outbox").fetchone()[0])
+            due.append(
+                conn.execute("SELECT next_attempt_at FROM crm_private.email_outbox").fetchone()[0]
+            )
     # Expect backoff doubling (1 min, 2 min), then a dead letter naming the error
     assert due[0] - T0 == timedelta(minutes=1)
     assert due[1] - (T0 + timedelta(hours=1)) == timedelta(minutes=2)
@@ -254,7 +260,9 @@ def test_a_share_notifies_the_grantee_in_app_in_real_time_and_by_email(org, smtp
     assert [(n.channel, n.payload) for n in notes] == [
         (f"crmdb_notifications_{org.emp('rep_b')}", str(mine[0][0]))
     ]
-    assert [m[1:] for m in mine] == [("share_granted", c1, f"Customer #{c1} shared with you (read)")]
+    assert [m[1:] for m in mine] == [
+        ("share_granted", c1, f"Customer #{c1} shared with you (read)")
+    ]
     # Expect the email in rep_b's language, showing the customer rep_b may now see
     assert send(org, smtp).outcomes == {"sent": 1}
     (got,) = smtp.recorder.received
@@ -336,9 +344,9 @@ def test_employees_reach_no_outbox_internals(org):
             "GRANT EXECUTE ON FUNCTION crm_private.claim_emails(integer, timestamptz, text)"
             f' TO "{org.role("adm")}"'
         )
-    with org.connect_as("adm") as conn:
-        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="may not run the outbox worker"):
-            conn.execute("SELECT * FROM crm_private.claim_emails(10, now(), 'me')")
+    refused = pytest.raises(psycopg.errors.InsufficientPrivilege, match="may not run the outbox")
+    with org.connect_as("adm") as conn, refused:
+        conn.execute("SELECT * FROM crm_private.claim_emails(10, now(), 'me')")
 
 
 # Reminders and SLA warnings ---------------------------------------------------------
@@ -381,7 +389,9 @@ def test_a_reminder_goes_before_the_due_time_and_follows_owner_and_time(org):
     assert len(due(org, T0 + timedelta(minutes=106))) == 2
     # Done tasks remind nobody
     with org.db.connect() as conn:
-        conn.execute("UPDATE crm.activities SET due_at = due_at + interval '1 day' WHERE id = %s", [task])
+        conn.execute(
+            "UPDATE crm.activities SET due_at = due_at + interval '1 day' WHERE id = %s", [task]
+        )
         conn.execute("UPDATE crm.activities SET done_at = now() WHERE id = %s", [task])
     assert len(due(org, T0 + timedelta(days=2))) == 2
     # Expect the reminder emailed to rep_b, the task's owner at the time
@@ -397,6 +407,8 @@ def test_the_owner_is_reassigned_before_a_stale_reminder_goes(org):
             [c1, T0 + timedelta(hours=1)],
         ).fetchone()
     with org.db.connect() as conn:
-        conn.execute("UPDATE crm.activities SET employee_id = %s WHERE id = %s", [org.emp("rep_b"), task])
+        conn.execute(
+            "UPDATE crm.activities SET employee_id = %s WHERE id = %s", [org.emp("rep_b"), task]
+        )
     # Expect only rep_b reminded: the old owner's reminder is gone
     assert [n[:2] for n in due(org, T0 + timedelta(minutes=50))] == [("rep_b", "task_due")]
