@@ -76,18 +76,20 @@ class Worker:
     def run(self, *, until_idle: bool = False) -> Totals:
         """Work until stop() (or, with until_idle, until nothing is due)."""
         backoff = 0.5
-        if self.options.smtp is None:
-            log(
-                "email sending is off: CRMDB_SMTP_HOST is not set, emails stay queued",
-                logging.WARNING,
-                worker=self.options.name,
-            )
+        email_off_said = False
         while not self._stopping:
             try:
                 with connect(self.target, autocommit=True) as conn:
                     conn.execute(query("listen_routing"))
                     conn.execute(q("listen_outbox"))
                     log("connected", worker=self.options.name, target=self.target.describe())
+                    if self.options.smtp is None and not email_off_said:
+                        email_off_said = True
+                        log(
+                            "email sending is off: CRMDB_SMTP_HOST is not set, emails stay queued",
+                            logging.WARNING,
+                            worker=self.options.name,
+                        )
                     backoff = 0.5
                     if self._serve(conn, until_idle):
                         break

@@ -412,3 +412,31 @@ def test_the_owner_is_reassigned_before_a_stale_reminder_goes(org):
         )
     # Expect only rep_b reminded: the old owner's reminder is gone
     assert [n[:2] for n in due(org, T0 + timedelta(minutes=50))] == [("rep_b", "task_due")]
+
+
+def test_the_shipped_automations_welcome_a_web_lead_of_the_demo_company(db, smtp):
+    from crmdb.demo import load_demo
+    from crmdb.resources import resource_dir
+    from crmdb.testing.scratch import TEST_PASSWORD
+
+    with db.connect() as conn:
+        load_demo(conn, role_prefix=db.role("demo_"), password=TEST_PASSWORD)
+    found = automations.load_automations(resource_dir("automations"))
+    # Expect the shipped file to apply to the demo, then nothing left to change
+    assert automations.apply(db.target, found).statements
+    assert automations.plan(db.target, found).empty
+    with db.connect() as conn:
+        conn.execute(
+            "INSERT INTO crm.customers (project_id, full_name, email, source)"
+            " VALUES (crm_private.project_id('saoviet.crm'), 'Lê Thị Hoa', 'hoa@khach.test',"
+            " 'web_form'), (crm_private.project_id('saoviet.crm'), 'Gọi điện', 'call@khach.test',"
+            " 'call_center')"
+        )
+        result = send_due(conn, smtp.config(), now=T0)
+    # Expect one welcome, to the web lead only
+    assert result.outcomes == {"sent": 1}
+    (got,) = smtp.recorder.received
+    assert (got.rcpt_tos, got.subject) == (
+        ["hoa@khach.test"],
+        "Chào mừng Lê Thị Hoa đến với Sao Việt CRM",
+    )
