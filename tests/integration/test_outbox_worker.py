@@ -11,8 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -22,10 +21,10 @@ from policy_org import PolicyOrg, build_policy_org
 from routing_org import MONDAY, RoutingOrg, routing_org
 from smtp_server import SmtpServer, smtp_server
 from test_outbox import T0, apply_automations, new_customer, outbox, send
+from test_worker import TIMEOUT, wait_for
 
 from crmdb.outbox.sender import notify_due
 
-TIMEOUT = 60.0
 BACKENDS = "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
 
 
@@ -38,14 +37,6 @@ def org(db) -> Iterator[PolicyOrg]:
 def smtp() -> Iterator[SmtpServer]:
     with smtp_server() as server:
         yield server
-
-
-def wait_for(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def worker_env(extra: dict[str, str]) -> dict[str, str]:
