@@ -21,9 +21,10 @@ class SmtpConfig:
     password: str | None
     sender: str  # the From header, e.g. "Sao Việt CRM <crm@saoviet.vn>"
     timeout: float = 30.0
-    max_attempts: int = 5
+    max_attempts: int = 8
     backoff: timedelta = timedelta(minutes=1)  # doubled at each failed attempt
     unsubscribe_url: str | None = None  # with {token}, e.g. https://crm/unsubscribe?t={token}
+    ca_file: str | None = None  # PEM certificates to trust besides the system's (a private CA)
 
     @property
     def domain(self) -> str:
@@ -61,6 +62,9 @@ def smtp_from_env(env: Mapping[str, str] = os.environ) -> SmtpConfig | None:
     sender = env.get("CRMDB_SMTP_FROM", "").strip() or f"crmdb <noreply@{host}>"
     if "@" not in sender:
         raise CrmdbError(f"CRMDB_SMTP_FROM={sender!r} has no email address")
+    ca_file = env.get("CRMDB_SMTP_CA_FILE") or None
+    if ca_file is not None and not os.path.isfile(ca_file):
+        raise CrmdbError(f"CRMDB_SMTP_CA_FILE={ca_file!r} is not a file")
     url = env.get("CRMDB_EMAIL_UNSUBSCRIBE_URL") or None
     if url is not None and "{token}" not in url:
         raise CrmdbError(f"CRMDB_EMAIL_UNSUBSCRIBE_URL={url!r} must contain {{token}}")
@@ -72,7 +76,8 @@ def smtp_from_env(env: Mapping[str, str] = os.environ) -> SmtpConfig | None:
         password=password,
         sender=sender,
         timeout=_number(env, "CRMDB_SMTP_TIMEOUT", 30, 1, 600),
-        max_attempts=int(_number(env, "CRMDB_SMTP_MAX_ATTEMPTS", 5, 1, 100)),
+        max_attempts=int(_number(env, "CRMDB_SMTP_MAX_ATTEMPTS", 8, 1, 100)),
         backoff=timedelta(seconds=_number(env, "CRMDB_SMTP_BACKOFF_SECONDS", 60, 1, 86400)),
         unsubscribe_url=url,
+        ca_file=ca_file,
     )

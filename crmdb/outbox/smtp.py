@@ -6,6 +6,7 @@ wire the server may have accepted it; if its reply is lost (the connection drops
 outcome is unknown, and at most once means it is not sent again.
 """
 
+import base64
 import re
 import smtplib
 import ssl
@@ -40,6 +41,18 @@ def _payload(message: EmailMessage) -> bytes:
     return data + b".\r\n"
 
 
+def _login(smtp: smtplib.SMTP, user: str, password: str) -> None:
+    """AUTH PLAIN in UTF-8 (RFC 4616) where offered: smtplib's own login encodes the
+    credentials as ASCII, and a Vietnamese password would never get through."""
+    if "PLAIN" not in smtp.esmtp_features.get("auth", "").upper().split():
+        smtp.login(user, password)
+        return
+    token = base64.b64encode(b"\0" + user.encode() + b"\0" + password.encode()).decode()
+    code, text = smtp.docmd("AUTH", f"PLAIN {token}")
+    if code != 235:
+        raise smtplib.SMTPAuthenticationError(code, text)
+
+
 class SmtpSession:
     """One connection to the server for a batch; reopened after it breaks."""
 
@@ -50,6 +63,8 @@ class SmtpSession:
     def _open(self) -> smtplib.SMTP:
         c = self.config
         context = ssl.create_default_context()
+        if c.ca_file:
+            context.load_verify_locations(cafile=c.ca_file)
         smtp: smtplib.SMTP
         if c.security == "tls":
             smtp = smtplib.SMTP_SSL(c.host, c.port, timeout=c.timeout, context=context)
@@ -61,7 +76,7 @@ class SmtpSession:
                 smtp.starttls(context=context)
                 smtp.ehlo()
             if c.user:
-                smtp.login(c.user, c.password or "")
+                _login(smtp, c.user, c.password or "")
         except BaseException:
             smtp.close()
             raise
@@ -97,10 +112,12 @@ class SmtpSession:
             if code != 354:
                 smtp.rset()
                 return _reply("DATA", code, text)
-        except smtplib.SMTPResponseException as exc:  # login, starttls: refused
+        except smtplib.SMTPResponseException as exc:
+            # Refused before any message (STARTTLS, AUTH): the settings or the server are
+            # at fault, not this email; retried, so a wrong password kills no email at once.
             self.close()
-            return _reply("connect", exc.smtp_code, exc.smtp_error)
-        except (smtplib.SMTPException, OSError) as exc:
+            return Delivery(RETRY, _reply("connect", exc.smtp_code, exc.smtp_error).error)
+        except (smtplib.SMTPException, OSError, ValueError) as exc:
             self.close()
             return Delivery(RETRY, f"connect: {type(exc).__name__}: {exc}")
         try:

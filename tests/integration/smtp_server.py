@@ -7,7 +7,10 @@ the client waits for the reply): the two windows a worker can die in.
 """
 
 import asyncio
+import shutil
 import socket
+import ssl
+import subprocess
 import threading
 from collections import deque
 from collections.abc import Iterator
@@ -15,9 +18,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
 
+import pytest
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from crmdb.outbox.config import SmtpConfig
 
@@ -99,11 +105,51 @@ class SmtpServer:
         }
 
 
+USER, PASSWORD = "crm", "mật-khẩu"
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, made with the openssl command."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is needed to make a test certificate")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    command = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+    command += ["-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"]
+    command += ["-addext", "subjectAltName=IP:127.0.0.1"]
+    subprocess.run(
+        command,
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+def _authenticate(
+    server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any
+) -> AuthResult:
+    ok = isinstance(auth_data, LoginPassword) and (auth_data.login, auth_data.password) == (
+        USER.encode(),
+        PASSWORD.encode(),
+    )
+    return AuthResult(success=ok, handled=False)
+
+
 @contextmanager
-def smtp_server() -> Iterator[SmtpServer]:
+def smtp_server(tls: tuple[Path, Path] | None = None) -> Iterator[SmtpServer]:
+    """A server on 127.0.0.1; with (cert, key) it requires STARTTLS and AUTH (USER)."""
     recorder = Recorder()
     port = free_port()
-    controller = Controller(recorder, hostname="127.0.0.1", port=port)
+    options: dict[str, Any] = {}
+    if tls is not None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(str(tls[0]), str(tls[1]))
+        options = {
+            "tls_context": context,
+            "require_starttls": True,
+            "auth_required": True,
+            "authenticator": _authenticate,
+        }
+    controller = Controller(recorder, hostname="127.0.0.1", port=port, **options)
     controller.start()
     try:
         yield SmtpServer(recorder, port)

@@ -440,3 +440,26 @@ def test_the_shipped_automations_welcome_a_web_lead_of_the_demo_company(db, smtp
         ["hoa@khach.test"],
         "Chào mừng Lê Thị Hoa đến với Sao Việt CRM",
     )
+
+
+def test_starttls_with_credentials_and_a_private_ca(org, tmp_path):
+    from smtp_server import PASSWORD, USER, self_signed
+
+    cert, key = self_signed(tmp_path)
+    apply_automations(org, tmp_path)
+    new_customer(org, "rep_a", full_name="An", email="an@khach.test", source="web_form")
+    hour = timedelta(hours=1)
+    with smtp_server(tls=(cert, key)) as server, org.db.connect() as conn:
+        trusted = {"security": "starttls", "ca_file": str(cert), "user": USER}
+        # Expect a wrong password, then an untrusted certificate, to keep the email queued
+        assert send_due(conn, server.config(**trusted, password="x"), now=T0).outcomes == {
+            "queued": 1
+        }
+        assert "535" in outbox(org)[0][4]
+        untrusted = server.config(security="starttls", user=USER, password=PASSWORD)
+        assert send_due(conn, untrusted, now=T0 + hour).outcomes == {"queued": 1}
+        assert "CERTIFICATE_VERIFY_FAILED" in outbox(org)[0][4]
+        # Expect it sent over STARTTLS with the right credentials and the private CA
+        right = server.config(**trusted, password=PASSWORD)
+        assert send_due(conn, right, now=T0 + 9 * hour).outcomes == {"sent": 1}
+        assert [r.rcpt_tos for r in server.recorder.received] == [["an@khach.test"]]
