@@ -11,6 +11,7 @@ twice: at most once, with the one ambiguous window (accepted by the server, outc
 not yet committed) left as `unknown` for an operator.
 """
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,6 +29,8 @@ from crmdb.outbox.smtp import DEAD, RETRY, SENT, UNKNOWN, Delivery, SmtpSession
 from crmdb.queries import query
 
 EMAIL = "email.sql"
+# One address, no display name, nothing that could end a header line.
+ADDRESS = re.compile(r"^[^@\s<>,;\"]+@[^@\s<>,;\"]+$")
 
 
 def q(name: str) -> Any:
@@ -143,6 +146,8 @@ def _deliver(
         return Delivery(RETRY, f"reading the record: {server_error(exc)}"), None
     if not address:
         return Delivery("skipped", f"customer #{email['recipient_customer_id']} has no email"), None
+    if not ADDRESS.match(address):
+        return Delivery(DEAD, f"invalid address {address!r}"), None
     if email["automation"]:
         row = conn.execute(q("email_unsubscribed"), {"email": address}).fetchone()
         if row is not None and row[0]:
@@ -187,7 +192,13 @@ def send_due(
     session = SmtpSession(config)
     try:
         for email in claimed:
-            delivery, address = _deliver(conn, session, config, email, now)
+            try:
+                delivery, address = _deliver(conn, session, config, email, now)
+            except psycopg.OperationalError:
+                raise  # the connection is gone: recovery sorts out the claimed emails
+            except Exception as exc:  # this email's record or a bug: never the batch
+                delivery = Delivery(DEAD, f"cannot send: {type(exc).__name__}: {exc}")
+                address = None
             conn.execute(
                 q("finish_email"),
                 {

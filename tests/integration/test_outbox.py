@@ -173,6 +173,18 @@ def test_unsubscribed_addresses_get_no_automation_email(org, smtp, tmp_path):
     assert [r.rcpt_tos for r in smtp.recorder.received] == [["An@Khach.test"], ["binh@khach.test"]]
 
 
+def test_a_forged_address_is_a_dead_letter_and_injects_nothing(org, smtp, tmp_path):
+    apply_automations(org, tmp_path)
+    forged = "an@khach.test\r\nBcc: spy@evil.test"
+    new_customer(org, "rep_a", full_name="Forged", email=forged, source="web_form")
+    new_customer(org, "rep_a", full_name="Bình", email="binh@khach.test", source="web_form")
+    # Expect the forged one dead, naming the address, and the next one sent all the same
+    assert send(org, smtp).outcomes == {"dead": 1, "sent": 1}
+    assert outbox(org)[0][2:] == ("dead", 1, f"invalid address {forged!r}")
+    assert [r.rcpt_tos for r in smtp.recorder.received] == [["binh@khach.test"]]
+    assert "Bcc" not in smtp.recorder.received[0].message
+
+
 # Retries, backoff, dead letters ------------------------------------------------------
 
 
