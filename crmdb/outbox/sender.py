@@ -69,7 +69,11 @@ def _values(conn: psycopg.Connection, email: dict[str, Any]) -> tuple[str | None
         address, name = email["recipient_email"], email["recipient_name"]
         if email["customer_id"] is not None:
             with as_role(conn, email["recipient_role"]):
-                customer = _one(conn, "customer_for_employee", {"id": email["customer_id"]})
+                try:
+                    with conn.transaction():  # a savepoint: the role stays set after it
+                        customer = _one(conn, "customer_for_employee", {"id": email["customer_id"]})
+                except psycopg.errors.InsufficientPrivilege:
+                    customer = None  # no template grants them customers: nothing to show
     else:
         customer = _one(conn, "customer_for_customer", {"id": email["recipient_customer_id"]})
         address = customer["email"] if customer else None

@@ -23,7 +23,7 @@ from smtp_server import SmtpServer, smtp_server
 from test_outbox import T0, apply_automations, new_customer, outbox, send
 from test_worker import TIMEOUT, wait_for
 
-from crmdb.outbox.sender import notify_due
+from crmdb.outbox.sender import notify_due, send_due
 
 BACKENDS = "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
 
@@ -181,3 +181,17 @@ def test_employees_cannot_make_warnings_or_reminders_due(routing):
     refused = pytest.raises(psycopg.errors.InsufficientPrivilege)
     with routing.db.connect_as(routing.role("s1")) as conn, refused:
         conn.execute("SELECT * FROM crm_private.notify_due(10, now() + interval '1 year')")
+
+
+def test_an_employee_without_any_grant_on_customers_gets_the_email_without_the_record(routing):
+    # No template applied: reading customers as s1 is "permission denied", not zero rows
+    (customer,) = routing.customers(1, owner_id=routing.ids["s1"])
+    routing.conn.execute(
+        "SELECT crm_private.notify(%s, 'escalated', 'Customer moved to you', '{}', %s)",
+        [routing.ids["s1"], customer],
+    )
+    with smtp_server() as server:
+        result = send_due(routing.conn, server.config(), now=MONDAY)
+        assert result.outcomes == {"sent": 1}
+        (got,) = server.recorder.received
+    assert f"(Bạn không còn xem được khách hàng #{customer}.)" in got.part("plain")
