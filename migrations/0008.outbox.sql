@@ -248,11 +248,14 @@ DECLARE
     v_lead interval := pg_catalog.make_interval(
         mins => (SELECT s.reminder_minutes FROM crm_private.notification_settings AS s));
 BEGIN
-    -- Done, no longer a task or appointment, or without a due time: no reminder.
-    DELETE FROM crm_private.reminders AS r
-     USING new_rows AS n
-     WHERE r.activity_id = n.id
-       AND (n.done_at IS NOT NULL OR n.kind NOT IN ('task', 'appointment') OR n.due_at IS NULL);
+    -- Done, no longer a task or appointment, or without a due time: no reminder (a new
+    -- row has none to delete).
+    IF TG_OP = 'UPDATE' THEN
+        DELETE FROM crm_private.reminders AS r
+         USING new_rows AS n
+         WHERE r.activity_id = n.id
+           AND (n.done_at IS NOT NULL OR n.kind NOT IN ('task', 'appointment') OR n.due_at IS NULL);
+    END IF;
     -- Open ones: a new owner or due time is a new reminder (sent_at cleared), so it
     -- follows the owner and the time; anything else keeps the reminder as it was.
     INSERT INTO crm_private.reminders AS r (activity_id, employee_id, due_at, remind_at)
