@@ -789,17 +789,131 @@ def unowned_cmd(dsn: str | None) -> None:
 )
 @click.option("--once", is_flag=True, help="Apply what is due, then exit.")
 def worker_cmd(dsn: str | None, batch_size: int, poll_seconds: float, once: bool) -> None:
-    """Route customers: apply routing events as they come (JSON logs on stderr)."""
+    """Route customers, send reminders and emails as they come (JSON logs on stderr).
+
+    Email goes out through the SMTP server of CRMDB_SMTP_HOST (see the README); without
+    it emails stay queued."""
     import signal
 
+    from crmdb.outbox.config import smtp_from_env
     from crmdb.worker.logs import setup
     from crmdb.worker.loop import Worker, WorkerOptions
 
+    smtp = smtp_from_env()
     setup()
-    worker = Worker(target_for(dsn), WorkerOptions(batch_size, poll_seconds))
+    worker = Worker(target_for(dsn), WorkerOptions(batch_size, poll_seconds, smtp=smtp))
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: worker.stop())
     worker.run(until_idle=once)
+
+
+# Email -----------------------------------------------------------------------
+
+
+def _automations_dir(directory: str | None) -> Path:
+    return Path(directory) if directory else resource_dir("automations")
+
+
+@main.group("automations")
+def automations_group() -> None:
+    """Automation emails (automations/*.yaml): welcome, order confirmation, ..."""
+
+
+@automations_group.command("check")
+@click.argument("directory", required=False)
+def automations_check(directory: str | None) -> None:
+    """Validate the automation files and their templates; no database needed."""
+    from crmdb.outbox.automations import load_automations
+
+    found = load_automations(_automations_dir(directory))
+    click.echo(f"{len(found.projects)} project(s), {len(found.automations)} automations; ok")
+
+
+@automations_group.command("plan")
+@dsn_option
+@click.argument("directory", required=False)
+def automations_plan(dsn: str | None, directory: str | None) -> None:
+    """Print the SQL that apply would run. Exit 0: nothing to change; 3: changes."""
+    from crmdb.outbox import automations
+
+    found = automations.load_automations(_automations_dir(directory))
+    echo_plan(automations.plan(target_for(dsn), found).statements)
+
+
+@automations_group.command("apply")
+@dsn_option
+@click.argument("directory", required=False)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def automations_apply(dsn: str | None, directory: str | None, yes: bool) -> None:
+    """Apply the automation files in one transaction."""
+    from crmdb.outbox import automations
+
+    found = automations.load_automations(_automations_dir(directory))
+    target = target_for(dsn)
+    pending = automations.plan(target, found)
+    if not confirm_apply(target, pending.statements, yes):
+        return
+    done = automations.apply(target, found)
+    click.echo(f"applied {len(done.statements)} statement(s) to {target.describe()}")
+
+
+@main.group("outbox")
+def outbox_group() -> None:
+    """The email outbox: what is queued, sent, dead or unknown."""
+
+
+@outbox_group.command("status")
+@dsn_option
+def outbox_status(dsn: str | None) -> None:
+    """Emails per status."""
+    from crmdb.outbox.sender import q
+
+    with connect(target_for(dsn)) as conn:
+        rows = conn.execute(q("outbox_counts")).fetchall()
+    echo_rows(["status", "emails"], rows)
+
+
+@outbox_group.command("list")
+@dsn_option
+@click.option(
+    "--status",
+    default="dead",
+    show_default=True,
+    type=click.Choice(["queued", "sending", "sent", "dead", "unknown", "skipped", "suppressed"]),
+)
+@click.option("--limit", default=50, show_default=True)
+def outbox_list(dsn: str | None, status: str, limit: int) -> None:
+    """Emails in one status, newest first, with their last error."""
+    from crmdb.outbox.sender import q
+
+    with connect(target_for(dsn)) as conn:
+        rows = conn.execute(q("outbox_list"), {"status": status, "limit": limit}).fetchall()
+    echo_rows(["id", "template", "lang", "to", "attempts", "next attempt", "last error"], rows)
+
+
+@outbox_group.command("requeue")
+@dsn_option
+@click.argument("email_id", type=int)
+def outbox_requeue(dsn: str | None, email_id: int) -> None:
+    """Send a dead or unknown email again (unknown: only if the server never got it)."""
+    from crmdb.outbox.sender import q
+
+    with transaction(target_for(dsn)) as conn:
+        conn.execute(q("requeue_email"), {"id": email_id})
+    click.echo(f"email {email_id} queued again")
+
+
+@outbox_group.command("unsubscribe")
+@dsn_option
+@click.argument("email")
+@click.option("--reason", help="Why (kept with the address).")
+def outbox_unsubscribe(dsn: str | None, email: str, reason: str | None) -> None:
+    """Stop automation emails to an address."""
+    from crmdb.outbox.sender import q
+
+    with transaction(target_for(dsn)) as conn:
+        conn.execute(q("unsubscribe"), {"email": email, "reason": reason})
+    click.echo(f"{email} unsubscribed from automation emails")
 
 
 # Data ------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 -- Custom fields: admins add fields to customers and contracts without DDL.
--- depends: 0007.routing-gaps
+-- depends: 0008.outbox
 --
 -- A custom field belongs to a field group: its values live in that group's side table
 -- (crm.<table>__<group>.custom, a jsonb object), so it is hidden and shown exactly like

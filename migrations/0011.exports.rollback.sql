@@ -16,5 +16,6 @@ DROP FUNCTION crm.export(text, text, text[]), crm.export_allowed(text),
     crm_private.record_export(text, text, text[], bigint, int8multirange, bigint[], boolean, text),
     crm_private.export_recipients(text, int8multirange, bigint[]);
 DROP TABLE crm.exports;
+DELETE FROM crm_private.notification_emails WHERE kind = 'export';
 
 RESET ROLE;

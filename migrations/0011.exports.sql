@@ -195,6 +195,10 @@ END
 $$;
 COMMENT ON FUNCTION crm.export(text, text, text[]) IS 'Export a table''s rows the current employee may export (rows and fields as crm_api shows them), as jsonb; audited and announced in the same transaction';
 
+-- Exports are announced by email too (crm_private.notifications_email queues one per
+-- notification of these kinds, with the generic notification template).
+INSERT INTO crm_private.notification_emails (kind, template) VALUES ('export', 'notification');
+
 REVOKE EXECUTE ON FUNCTION crm_private.export_recipients(text, int8multirange, bigint[]),
     crm_private.record_export(text, text, text[], bigint, int8multirange, bigint[], boolean, text),
     crm.export_allowed(text), crm.export(text, text, text[]) FROM PUBLIC;

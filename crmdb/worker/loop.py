@@ -1,4 +1,6 @@
-"""`crmdb worker`: drain routing events, then wait for a NOTIFY or the poll interval.
+"""`crmdb worker`: drain routing events, turn due reminders and SLA warnings into
+notifications, send queued emails (crmdb/outbox/sender.py), then wait for a NOTIFY or
+the poll interval.
 
 LISTEN gives low latency; the poll is the fallback for notifications missed while
 disconnected or busy, and for deferred events and SLA clocks falling due. Lost
@@ -18,6 +20,8 @@ import psycopg
 
 from crmdb.db import Target, connect, server_error
 from crmdb.errors import CrmdbError
+from crmdb.outbox.config import SmtpConfig
+from crmdb.outbox.sender import notify_due, q, send_due
 from crmdb.queries import query
 from crmdb.worker.batch import BatchResult, run_batch
 from crmdb.worker.logs import log
@@ -37,6 +41,9 @@ class WorkerOptions:
     # Called after each committed batch that claimed something (bench/routing.py times
     # insert -> assigned with it).
     on_batch: Callable[[BatchResult], None] | None = None
+    # None: emails stay queued (said once at start); reminders still notify in-app.
+    smtp: SmtpConfig | None = None
+    email_batch: int = 50
 
 
 @dataclass
@@ -45,6 +52,8 @@ class Totals:
     claimed: int = 0
     assigned: int = 0
     deferred: int = 0
+    notified: int = 0
+    emails: int = 0
 
     def add(self, result: BatchResult) -> None:
         self.batches += 1
@@ -67,11 +76,20 @@ class Worker:
     def run(self, *, until_idle: bool = False) -> Totals:
         """Work until stop() (or, with until_idle, until nothing is due)."""
         backoff = 0.5
+        email_off_said = False
         while not self._stopping:
             try:
                 with connect(self.target, autocommit=True) as conn:
                     conn.execute(query("listen_routing"))
+                    conn.execute(q("listen_outbox"))
                     log("connected", worker=self.options.name, target=self.target.describe())
+                    if self.options.smtp is None and not email_off_said:
+                        email_off_said = True
+                        log(
+                            "email sending is off: CRMDB_SMTP_HOST is not set, emails stay queued",
+                            logging.WARNING,
+                            worker=self.options.name,
+                        )
                     backoff = 0.5
                     if self._serve(conn, until_idle):
                         break
@@ -115,17 +133,46 @@ class Worker:
                 )
                 if result.claimed > result.deferred:
                     continue  # there may be more
+            if self._outbox(conn):
+                continue
             if until_idle:
                 return True
             self._wait(conn)
         return True
 
+    def _outbox(self, conn: psycopg.Connection) -> bool:
+        """Due notifications, then due emails; True when a full batch suggests more."""
+        name = self.options.name
+        try:
+            notified = notify_due(conn, self.options.batch_size)
+            if notified:
+                self.totals.notified += notified
+                log("notified", worker=name, notifications=notified)
+            if self.options.smtp is None:
+                return notified >= self.options.batch_size
+            sent = send_due(conn, self.options.smtp, limit=self.options.email_batch, worker=name)
+        except psycopg.OperationalError:
+            raise
+        except psycopg.Error as exc:
+            log("outbox failed", logging.ERROR, worker=name, error=str(server_error(exc)))
+            self._sleep(self.options.poll_seconds)
+            return False
+        if sent.claimed or sent.recovered:
+            self.totals.emails += sent.claimed
+            log("emails", worker=name, recovered=sent.recovered, **sent.outcomes)
+        return notified >= self.options.batch_size or sent.claimed >= self.options.email_batch
+
     def _wait(self, conn: psycopg.Connection) -> None:
         """Until a NOTIFY, the next due time or the poll interval, whichever is first."""
         row = conn.execute(query("next_routing_due")).fetchone()
+        due = conn.execute(q("next_outbox_due")).fetchone()
+        times = [row[0] if row else None, due[0] if due else None]
+        if self.options.smtp is not None and due is not None:
+            times.append(due[1])
         wait = self.options.poll_seconds
-        if row is not None and row[0] is not None:
-            wait = min(wait, max(MIN_WAIT, (row[0] - _now(row[0])).total_seconds()))
+        for at in times:
+            if at is not None:
+                wait = min(wait, max(MIN_WAIT, (at - _now(at)).total_seconds()))
         deadline = time.monotonic() + wait
         while not self._stopping:
             left = deadline - time.monotonic()

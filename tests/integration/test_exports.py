@@ -100,6 +100,16 @@ def test_each_related_account_is_told_once_per_export(org, tmp_path):
     # Expect the owner's manager and the project's admins told once each; the exporter
     # (who owns the records) and the uninvolved not at all
     assert told == {"rep_a": 0, "mgr_hn": 1, "adm": 1, "sadm": 1, "rep_b": 0, "mkt": 0}
+    with org.db.connect() as conn:
+        emails = conn.execute(
+            "SELECT e.role_name FROM crm_private.email_outbox AS o"
+            " JOIN crm.notifications AS n ON n.id = o.notification_id"
+            " JOIN crm.employees AS e ON e.id = o.recipient_employee_id"
+            " WHERE n.details ->> 'export_id' = %s ORDER BY 1",
+            (export_id,),
+        ).fetchall()
+    # ... and each by email too, queued in the export's transaction
+    assert emails == sorted((org.role(k),) for k in ("mgr_hn", "adm", "sadm"))
 
 
 def test_export_shows_only_the_fields_the_exporter_may_read(org, tmp_path):
