@@ -90,7 +90,8 @@ SELECT x.role_name::text AS object,
               concat_ws(', ', CASE WHEN p.rolsuper THEN 'SUPERUSER' END,
                               CASE WHEN p.rolbypassrls THEN 'BYPASSRLS' END,
                               CASE WHEN p.rolcreaterole THEN 'CREATEROLE' END,
-                              CASE WHEN p.rolname = 'crmdb_owner' THEN 'every crmdb object' END)) AS problem,
+                              CASE WHEN p.rolname = 'crmdb_owner' THEN 'every crmdb object' END,
+                              CASE WHEN p.rolname = 'crmdb_worker' THEN 'every employee''s identity' END)) AS problem,
        CASE WHEN p.oid = r.oid
             THEN format('ALTER ROLE %%I NOSUPERUSER NOBYPASSRLS NOCREATEROLE;', r.rolname)
             ELSE format('REVOKE %%I FROM %%I;', p.rolname, r.rolname)
@@ -99,7 +100,7 @@ SELECT x.role_name::text AS object,
   JOIN pg_roles AS r ON r.rolname = x.role_name
   -- A superuser is a member of every role: report the attribute, not each role.
   JOIN pg_roles AS p ON p.oid = r.oid OR (NOT r.rolsuper AND pg_has_role(r.oid, p.oid, 'MEMBER'))
- WHERE p.rolsuper OR p.rolbypassrls OR p.rolcreaterole OR p.rolname = 'crmdb_owner'
+ WHERE p.rolsuper OR p.rolbypassrls OR p.rolcreaterole OR p.rolname IN ('crmdb_owner', 'crmdb_worker')
  ORDER BY 1, 2
 
 -- role_owns_objects --

@@ -323,6 +323,11 @@ SELECT 'employee', x FROM unnest(%(employees)s::text[]) AS x
 -- Wake up when a transaction records routing events
 LISTEN crmdb_routing
 
+-- worker_may_render --
+-- Whether the worker's login may SET ROLE to employees (to render their emails as them)
+SELECT rolsuper OR pg_has_role(current_user, 'crmdb_worker', 'MEMBER')
+  FROM pg_roles WHERE rolname = current_user
+
 -- route_events --
 -- One worker batch: claim up to `limit` due events and apply the rules (now: NULL, or a
 -- pinned clock)

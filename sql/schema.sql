@@ -11,6 +11,8 @@
 -- Roles:
 --   crmdb_owner     owns every object; never granted to an employee
 --   crmdb_employee  every employee role is a member; holds the schema USAGE they need
+--   crmdb_worker    holds every active employee role, NOINHERIT: the worker's login renders
+--                   an employee's email as them (SET LOCAL ROLE); never granted to an employee
 
 -- Roles ----------------------------------------------------------------------
 
@@ -27,6 +29,15 @@ BEGIN
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'crmdb_employee') THEN
         CREATE ROLE crmdb_employee NOLOGIN;
     END IF;
+    -- The worker's login is a member: it renders each employee's emails under SET LOCAL
+    -- ROLE <employee> (their RLS decides what the email shows). NOINHERIT, holding every
+    -- active employee role: it may act as them but has none of their privileges.
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'crmdb_worker') THEN
+        CREATE ROLE crmdb_worker NOLOGIN NOINHERIT;
+    END IF;
+    -- Roles are the cluster's: this grant marks the role as used by this database, so
+    -- rolling crmdb back elsewhere cannot drop it (PUBLIC may connect anyway).
+    EXECUTE pg_catalog.format('GRANT CONNECT ON DATABASE %I TO crmdb_worker', pg_catalog.current_database());
     -- A non-superuser DBA (CREATEROLE) must be able to act as the owner.
     IF NOT pg_catalog.pg_has_role(current_user, 'crmdb_owner', 'MEMBER') THEN
         EXECUTE pg_catalog.format('GRANT crmdb_owner TO %I', current_user);
@@ -703,8 +714,8 @@ BEGIN
         IF EXISTS (SELECT FROM pg_catalog.pg_roles AS r
                     WHERE pg_catalog.pg_has_role(v_role.oid, r.oid, 'MEMBER')
                       AND (r.rolsuper OR r.rolbypassrls OR r.rolcreaterole OR r.rolreplication
-                           OR r.rolname = 'crmdb_owner')) THEN
-            RAISE EXCEPTION 'role "%" exists and has, or is a member of a role with, SUPERUSER, BYPASSRLS, CREATEROLE, REPLICATION or crmdb_owner: it cannot be an employee', p_role
+                           OR r.rolname IN ('crmdb_owner', 'crmdb_worker'))) THEN
+            RAISE EXCEPTION 'role "%" exists and has, or is a member of a role with, SUPERUSER, BYPASSRLS, CREATEROLE, REPLICATION, crmdb_owner or crmdb_worker: it cannot be an employee', p_role
                 USING ERRCODE = 'invalid_parameter_value';
         END IF;
         IF EXISTS (SELECT FROM crm_private.gateways WHERE role_name = p_role) THEN
@@ -723,6 +734,9 @@ BEGIN
     FOR v_gateway IN SELECT role_name FROM crm_private.gateways ORDER BY role_name LOOP
         EXECUTE pg_catalog.format('GRANT %I TO %I', p_role, v_gateway);
     END LOOP;
+    -- The worker renders this employee's emails as them (crmdb_worker is NOINHERIT:
+    -- it may SET ROLE to the employee but holds none of their privileges).
+    EXECUTE pg_catalog.format('GRANT %I TO crmdb_worker', p_role);
 
     IF p_manager IS NOT NULL AND (crm_private.employee_by_role(p_manager)).status = 'departed' THEN
         RAISE EXCEPTION 'employee "%" has departed and cannot be a manager', p_manager
@@ -736,7 +750,7 @@ BEGIN
     RETURN v_id;
 END
 $$;
-COMMENT ON FUNCTION crm_admin.add_employee(name, text, text, text, name, text, boolean, text) IS 'Adds an employee bound to role p_role (created NOLOGIN unless p_login), grants it to every gateway; returns the id';
+COMMENT ON FUNCTION crm_admin.add_employee(name, text, text, text, name, text, boolean, text) IS 'Adds an employee bound to role p_role (created NOLOGIN unless p_login), grants it to every gateway and to crmdb_worker; returns the id';
 
 CREATE FUNCTION crm_admin.move_employee(
     p_role name, p_manager name DEFAULT NULL, p_org_unit text DEFAULT NULL,
@@ -793,10 +807,11 @@ BEGIN
         FOR v_gateway IN SELECT role_name FROM crm_private.gateways ORDER BY role_name LOOP
             EXECUTE pg_catalog.format('REVOKE %I FROM %I', p_role, v_gateway);
         END LOOP;
+        EXECUTE pg_catalog.format('REVOKE %I FROM crmdb_worker', p_role);
     END IF;
 END
 $$;
-COMMENT ON FUNCTION crm_admin.set_employee_status(name, crm.employee_status) IS 'Puts an employee on leave, back to active, or departed (login closed, gateways revoked, no identity); after commit, end their open sessions with crm_admin.end_sessions';
+COMMENT ON FUNCTION crm_admin.set_employee_status(name, crm.employee_status) IS 'Puts an employee on leave, back to active, or departed (login closed, gateways and crmdb_worker revoked, no identity); after commit, end their open sessions with crm_admin.end_sessions';
 
 CREATE FUNCTION crm_admin.end_sessions(p_role name) RETURNS integer
 LANGUAGE plpgsql SET search_path = ''

@@ -77,6 +77,7 @@ class Worker:
         """Work until stop() (or, with until_idle, until nothing is due)."""
         backoff = 0.5
         email_off_said = False
+        render_said = False
         while not self._stopping:
             try:
                 with connect(self.target, autocommit=True) as conn:
@@ -90,6 +91,16 @@ class Worker:
                             logging.WARNING,
                             worker=self.options.name,
                         )
+                    elif self.options.smtp is not None and not render_said:
+                        render_said = True
+                        row = conn.execute(query("worker_may_render")).fetchone()
+                        if not (row and row[0]):
+                            log(
+                                "this login cannot act as employees: emails to employees will"
+                                " fail; GRANT crmdb_worker TO it",
+                                logging.WARNING,
+                                worker=self.options.name,
+                            )
                     backoff = 0.5
                     if self._serve(conn, until_idle):
                         break

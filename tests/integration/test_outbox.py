@@ -310,6 +310,55 @@ def test_an_email_shows_only_what_its_employee_recipient_may_see(org, smtp):
     assert second.subject == f"Khách hàng #{c2} được chuyển lên bạn: chưa ai liên hệ kịp thời hạn"
 
 
+def test_a_worker_login_acts_as_employees_only_through_crmdb_worker(org, smtp):
+    from psycopg import sql
+
+    from crmdb.testing.scratch import TEST_PASSWORD
+
+    c1 = org.id("c1")
+    worker = org.db.role("worker")
+    with org.db.connect() as conn:
+        conn.execute(
+            sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}; GRANT crmdb_owner TO {}").format(
+                sql.Identifier(worker), sql.Literal(TEST_PASSWORD), sql.Identifier(worker)
+            )
+        )
+        conn.execute("UPDATE crm.customers__contact SET phone = '0912345678' WHERE id = %s", [c1])
+        conn.execute(
+            "SELECT crm_private.notify(%s, 'escalated', 'Customer moved to you', '{}', %s)",
+            [org.emp("rep_a"), c1],
+        )
+
+    def send_as_worker(now: datetime = T0) -> SendResult:
+        with org.db.connect_as(worker) as conn:
+            return send_due(conn, smtp.config(), now=now, worker="test")
+
+    # The owner's privileges alone: it may not become rep_a, so the email waits
+    assert send_as_worker().outcomes == {"queued": 1}
+    ((_, _, status, _, error),) = outbox(org)
+    assert status == "queued" and f'permission denied to set role "{org.role("rep_a")}"' in error
+    assert smtp.recorder.received == []
+    # With crmdb_worker (which add_employee granted rep_a to) it renders as rep_a
+    with org.db.connect() as conn:
+        conn.execute(sql.SQL("GRANT crmdb_worker TO {}").format(sql.Identifier(worker)))
+    assert send_as_worker(T0 + timedelta(hours=1)).outcomes == {"sent": 1}
+    assert "Điện thoại: 0912345678" in smtp.recorder.received[0].part("plain")
+    # ... a member of rep_a that inherits none of rep_a's privileges
+    with org.db.connect() as conn:
+        inherits = conn.execute(
+            "SELECT pg_has_role(%s, %s, 'MEMBER'), pg_has_role(%s, %s, 'USAGE')",
+            [worker, org.role("rep_a")] * 2,
+        ).fetchone()
+    assert inherits == (True, False)
+    # A departure revokes it
+    with org.db.connect() as conn:
+        conn.execute("SELECT crm_admin.set_employee_status(%s, 'departed')", [org.role("rep_a")])
+        member = conn.execute(
+            "SELECT pg_has_role('crmdb_worker', %s, 'MEMBER')", [org.role("rep_a")]
+        ).fetchone()
+    assert member == (False,)
+
+
 def test_notify_queues_the_notification_and_its_email_in_the_callers_transaction(org):
     query = (
         "SELECT crm_private.notify(%s, 'exported', 'Your customers were exported',"

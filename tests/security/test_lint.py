@@ -168,6 +168,20 @@ def test_employee_member_of_owner(broken, desired, employee):
     )
 
 
+def test_employee_member_of_worker_may_act_as_every_colleague(broken, desired, employee):
+    # crmdb_worker holds every active employee: PostgreSQL refuses the cycle...
+    with pytest.raises(psycopg.errors.InvalidGrantOperation), broken.transaction():
+        broken.execute(f'GRANT crmdb_worker TO "{employee}"')  # type: ignore[arg-type]
+    # ... but not once the employee departed (their role no longer in crmdb_worker)
+    broken.execute("SELECT crm_admin.set_employee_status(%s, 'departed')", [employee])
+    broken.execute(f'GRANT crmdb_worker TO "{employee}"')  # type: ignore[arg-type]
+    found = findings_of(broken, desired, "privileged_role")
+    assert "every employee's identity" in found[0].problem
+    assert_found_and_fixed(
+        broken, desired, "privileged_role", employee, f"REVOKE crmdb_worker FROM {employee};"
+    )
+
+
 def test_employee_owns_a_table(broken, desired, employee):
     broken.execute(f'ALTER TABLE crm.activities OWNER TO "{employee}"')  # type: ignore[arg-type]
     found = findings_of(broken, desired, "role_owns_objects")
