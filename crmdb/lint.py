@@ -35,6 +35,7 @@ CATALOG_CHECKS: tuple[str, ...] = (
     "template_grants_nothing",
     "derived_columns_writable",
     "audit_reader_without_groups",
+    "explain_guard",
 )
 DRIFT = {
     "extra": "no template generates this policy",

