@@ -35,11 +35,6 @@ SELECT crm_private.project_id('bench'), 'Bench ' || g,
        (ARRAY['Hà Nội', 'Hồ Chí Minh', 'Đà Nẵng'])[1 + g %% 3], g %% 101
   FROM generate_series(1, %(count)s) AS g
 
--- insert_one_customer --
--- One unowned customer (the latency run's offered load)
-INSERT INTO crm.customers (project_id, full_name, source)
-VALUES (crm_private.project_id('bench'), 'Paced', 'web_form') RETURNING id
-
 -- routing_trigger_off --
 -- Bulk insert without the routing trigger (the audit trigger stays)
 ALTER TABLE crm.customers DISABLE TRIGGER _600_routing_insert
@@ -68,3 +63,9 @@ SELECT pg_catalog.current_setting('server_version')
 -- vacuum --
 -- Fresh statistics after the bulk insert
 VACUUM ANALYZE
+
+-- insert_paced_customers --
+-- One tick's arrivals of the latency run's offered load, in one statement
+INSERT INTO crm.customers (project_id, full_name, source)
+SELECT crm_private.project_id('bench'), 'Paced', 'web_form'
+  FROM generate_series(1, %(count)s) RETURNING id

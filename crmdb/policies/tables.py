@@ -269,6 +269,20 @@ TABLES: dict[str, Table] = {
             solution="management",
         ),
         Table(
+            "routing_settings",
+            (
+                "project_id",
+                "triage_queue",
+                "triage_templates",
+                "overflow_tries",
+                "retry_minutes",
+                "updated_at",
+            ),
+            project="project_id",
+            touch="updated_at",
+            solution="management",
+        ),
+        Table(
             "assignment_history",
             (
                 "id",

@@ -175,3 +175,116 @@ def test_a_call_center_lead_reaches_a_rep_through_the_engine(org):
         assert count(conn, "SELECT count(*) FROM crm.customers WHERE id = %s", [lead]) == 1
         notes = conn.execute("SELECT kind, customer_id FROM crm.notifications").fetchall()
         assert notes == [("assigned", lead)]
+
+
+# Routing settings ------------------------------------------------------------------
+
+SETTINGS = (
+    "INSERT INTO crm.routing_settings (project_id, triage_queue) VALUES"
+    " (crm_private.project_id(%s), 'inbox')"
+)
+
+
+def test_admin_manages_routing_settings_of_their_project_only(org):
+    with org.connect_as("adm") as conn:
+        # Expect the admin to set and change saoviet.crm's settings
+        conn.execute(SETTINGS, ["saoviet.crm"])
+        conn.execute("UPDATE crm.routing_settings SET overflow_tries = 3")
+        changed = "SELECT count(*) FROM crm.routing_settings WHERE overflow_tries = 3"
+        assert count(conn, changed) == 1
+        # Expect p2's (not theirs) refused
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
+            conn.execute(SETTINGS, ["p2"])
+    with org.db.connect() as conn:
+        conn.execute(SETTINGS, ["p2"])
+    with org.connect_as("adm") as conn:
+        # Expect p2's row invisible, and untouched by the admin's update
+        assert count(conn, "SELECT count(*) FROM crm.routing_settings") == 1
+        conn.execute("UPDATE crm.routing_settings SET retry_minutes = 9")
+    with org.db.connect() as conn:
+        rows = conn.execute(
+            "SELECT p.code, s.retry_minutes FROM crm.routing_settings AS s"
+            " JOIN crm.projects AS p ON p.id = s.project_id ORDER BY 1"
+        ).fetchall()
+    assert rows == [("p2", 5), ("saoviet.crm", 9)]
+
+
+@pytest.mark.parametrize("key", ["rep_a", "mgr_hn", "care", "cc"])
+def test_non_admins_neither_see_nor_write_routing_settings(org, key):
+    with org.connect_as(key) as conn:
+        # Expect no privilege at all on the settings
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT count(*) FROM crm.routing_settings")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(SETTINGS, ["saoviet.crm"])
+
+
+# A routed customer's org unit is the engine's ----------------------------------------
+
+MOVE = "UPDATE crm.customers SET org_unit_id = %s WHERE id = %s"
+
+
+def unit(org: PolicyOrg, code: str) -> int:
+    """An org unit's id (the call centre does not read org units)."""
+    with org.db.connect() as conn:
+        row = conn.execute("SELECT id FROM crm.org_units WHERE code = %s", [code]).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def unit_of(org: PolicyOrg, customer: int) -> str:
+    with org.db.connect() as conn:
+        row = conn.execute(
+            "SELECT u.code FROM crm.customers AS c JOIN crm.org_units AS u"
+            " ON u.id = c.org_unit_id WHERE c.id = %s",
+            [customer],
+        ).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def test_the_call_centre_cannot_move_a_lead_the_engine_places(org):
+    with org.db.connect() as conn:
+        conn.execute(RULE, ["saoviet.crm", "inbound"])
+    hcm = unit(org, "hcm")
+    with org.connect_as("cc") as conn:
+        row = conn.execute(
+            "INSERT INTO crm.customers (project_id, full_name, source)"
+            " VALUES (crm_private.project_id('saoviet.crm'), 'Khách gọi đến', 'call_center')"
+            " RETURNING id"
+        ).fetchone()
+        assert row is not None
+        lead = row[0]
+        # Expect a refusal naming the customer and why, while it waits for the engine
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match=f"#{lead} waits for the"):
+            conn.execute(MOVE, [hcm, lead])
+    with org.db.connect() as conn:
+        drain(conn)
+    # Expect the engine to have put it in its new owner's unit
+    assert unit_of(org, lead) == "hn_sales"
+    with org.connect_as("cc") as conn:
+        # Expect a refusal once placed too: the unit follows the owner the engine chose
+        placed = f"#{lead} was placed by the routing engine"
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match=placed):
+            conn.execute(MOVE, [hcm, lead])
+        # Expect everything else the call centre may write still writable
+        assert (
+            count(
+                conn,
+                "WITH u AS (UPDATE crm.customers SET product_interest = 'probe' WHERE id = %s"
+                " RETURNING 1) SELECT count(*) FROM u",
+                [lead],
+            )
+            == 1
+        )
+    assert unit_of(org, lead) == "hn_sales"
+
+
+def test_the_call_centre_may_still_move_a_lead_no_engine_placed(org):
+    c5 = org.id("c5")  # unowned but loaded by a DBA with its unit: not the engine's yet
+    with org.db.connect() as conn:
+        conn.execute("UPDATE crm.customers SET owner_id = %s WHERE id = %s", [org.emp("rep_a"), c5])
+    with org.connect_as("cc") as conn:
+        # Expect templates alone to decide for customers the engine never placed
+        assert conn.execute(MOVE, [unit(org, "hn_sales"), c5]).rowcount == 1
+    assert unit_of(org, c5) == "hn_sales"

@@ -122,3 +122,106 @@ def test_keep_with_team_hops_to_a_team_mate_not_back_to_the_owner(org):
     assert first in ("c1", "c2")
     assert org.owners([customer]) == [{"c1": "c2", "c2": "c1"}[first]]
     assert org.history(customer)[1][3:5] == ("keep_with_team", "sla")
+
+
+# Nobody else eligible: escalate at once, never wait with the slow owner ----------------
+
+
+def pending_sla(org: RoutingOrg) -> tuple[int, int]:
+    """(SLA clocks running, routing events waiting)."""
+    row = org.conn.execute(
+        "SELECT (SELECT count(*) FROM crm_private.sla_timers),"
+        " (SELECT count(*) FROM crm_private.routing_events)"
+    ).fetchone()
+    assert row is not None
+    return (int(row[0]), int(row[1]))
+
+
+def test_a_hop_with_nobody_eligible_escalates_to_the_manager_at_once(org):
+    org.rule("care-sla", priority=1, target_org_unit="care", sla_minutes=30, sla_max_hops=3)
+    (customer,) = org.customers(1)
+    org.route(now=MONDAY)
+    first = org.owners([customer])[0]
+    other = {"c1": "c2", "c2": "c1"}[first]
+    org.set_status(other, "on_leave")
+    # The hop is due: the only other care member is on leave, 2 of 3 hops are left
+    result = org.route(now=at(MONDAY, 0.6))
+    # Expect no waiting: boss (c1's and c2's manager) has it now, with the reason and
+    # the rule that found nobody on record, at the same hop count
+    assert result.deferred == 0 and org.owners([customer]) == ["boss"]
+    assert org.history(customer)[1] == (first, "boss", "care-sla", "manager", "sla_no_eligible", 0)
+    # Expect both told: boss that it was escalated and why, the slow owner that it went
+    (to_boss, away) = org.notifications(customer)[1:]
+    assert to_boss[:2] == ("boss", "escalated") and "nobody else eligible" in to_boss[2]
+    assert "care-sla" in to_boss[2]
+    assert away[:2] == (first, "reassigned_away")
+    # Expect the chain to end: no clock, no event, nothing more even hours later
+    assert pending_sla(org) == (0, 0)
+    assert org.route(now=at(MONDAY, 5)).claimed == 0
+    assert org.owners([customer]) == ["boss"]
+
+
+def test_the_owners_org_unit_follows_an_escalation(org):
+    org.rule("care-sla", priority=1, target_org_unit="care", sla_minutes=30, sla_max_hops=3)
+    (customer,) = org.customers(1)
+    org.route(now=MONDAY)
+    org.set_status({"c1": "c2", "c2": "c1"}[org.owners([customer])[0]], "on_leave")
+    org.route(now=at(MONDAY, 0.6))
+    unit = org.conn.execute(
+        "SELECT u.code FROM crm.customers AS c JOIN crm.org_units AS u ON u.id = c.org_unit_id"
+        " WHERE c.id = %s",
+        [customer],
+    ).fetchone()
+    # Expect the customer in boss's unit (co), not left in care
+    assert unit == ("co",)
+
+
+def test_with_nobody_eligible_and_no_manager_the_triage_takes_it(org):
+    org.rule("care-sla", priority=1, target_org_unit="care", sla_minutes=30, sla_max_hops=3)
+    org.queue("triage", {"s3": 1})
+    org.set_status("boss", "on_leave")  # c1 and c2 report to boss: no active manager
+    (customer,) = org.customers(1)
+    org.route(now=MONDAY)
+    first = org.owners([customer])[0]
+    org.set_status({"c1": "c2", "c2": "c1"}[first], "on_leave")
+    org.route(now=at(MONDAY, 0.6))
+    # Expect the project's triage queue, with the reason on record, and both told
+    assert org.owners([customer]) == ["s3"]
+    assert org.history(customer)[1] == (first, "s3", "care-sla", "triage", "sla_no_eligible", 0)
+    kinds = [n[:2] for n in org.notifications(customer)[1:]]
+    assert kinds == [("s3", "escalated"), (first, "reassigned_away")]
+    assert pending_sla(org) == (0, 0)
+
+
+def test_with_nobody_at_all_the_owner_keeps_it_and_the_clock_stops(org):
+    org.rule("care-sla", priority=1, target_org_unit="care", sla_minutes=30, sla_max_hops=3)
+    org.set_status("boss", "on_leave")  # no manager, no triage queue, no admin in p1
+    (customer,) = org.customers(1)
+    org.route(now=MONDAY)
+    first = org.owners([customer])[0]
+    org.set_status({"c1": "c2", "c2": "c1"}[first], "on_leave")
+    result = org.route(now=at(MONDAY, 0.6))
+    # Expect the owner to keep it (they are active), said so on record and to them, and
+    # nothing left to fire: no clock, no event retried every few minutes
+    assert (result.assigned, result.deferred) == (0, 0)
+    assert org.owners([customer]) == [first]
+    assert org.history(customer)[1] == (first, first, None, "kept", "sla_no_eligible", 0)
+    owner, kind, subject = org.notifications(customer)[-1]
+    assert (owner, kind) == (first, "sla_missed") and "stays with you" in subject
+    assert pending_sla(org) == (0, 0)
+    for hours in (1, 2, 24):
+        assert org.route(now=at(MONDAY, hours)).claimed == 0
+    assert len(org.history(customer)) == 2
+
+
+def test_an_escalation_after_the_last_hop_with_nobody_at_all_ends_too(org):
+    org.rule("care-sla", priority=1, target_org_unit="care", sla_minutes=30, sla_max_hops=0)
+    org.set_status("boss", "on_leave")
+    (customer,) = org.customers(1)
+    org.route(now=MONDAY)
+    first = org.owners([customer])[0]
+    org.route(now=at(MONDAY, 0.6))
+    # Expect max_hops 0: straight to the escalation, which finds nobody: kept, ended
+    assert org.history(customer)[1] == (first, first, None, "kept", "escalation", 0)
+    assert pending_sla(org) == (0, 0)
+    assert org.route(now=at(MONDAY, 3)).claimed == 0
