@@ -1,5 +1,5 @@
 -- The worker renders an employee's email as that employee: crmdb_worker.
--- depends: 0011.exports
+-- depends: 0013.sla-fallback
 --
 -- An email to an employee shows the customer as they see it: the worker reads it under
 -- SET LOCAL ROLE <employee>, so their row policies and field groups decide. The worker's
