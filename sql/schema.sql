@@ -330,17 +330,32 @@ COMMENT ON TABLE crm_private.gateways IS 'LOGIN roles for apps and BI tools that
 
 -- Identity -------------------------------------------------------------------
 
+-- Whether the session may act as p_role: it is the login, or the login may SET ROLE to
+-- it. SQL-standard body (bound when created, whatever the caller's search_path) and no
+-- SET, so the planner inlines it: inside the helpers below it is a one-time filter.
+CREATE FUNCTION crm_private.may_act_as(p_role name) RETURNS boolean
+LANGUAGE sql STABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT coalesce(p_role = SESSION_USER
+                    OR pg_catalog.pg_has_role(SESSION_USER,
+                           pg_catalog.to_regrole(pg_catalog.quote_ident(p_role)), 'MEMBER'),
+                    false);
+END;
+COMMENT ON FUNCTION crm_private.may_act_as(name) IS 'Whether the session (its login) is p_role or may SET ROLE to it; the guard of every identity helper';
+
 CREATE FUNCTION crm_private.employee_id_for(p_role name) RETURNS bigint
-LANGUAGE sql STABLE PARALLEL SAFE SECURITY DEFINER SET search_path = ''
+LANGUAGE plpgsql STABLE PARALLEL SAFE SECURITY DEFINER SET search_path = ''
 AS $$
+BEGIN
     -- Answers only for roles this session could act as, so no one learns about a
-    -- colleague by passing their role name.
-    SELECT e.id
-      FROM crm.employees AS e
-      JOIN pg_catalog.pg_roles AS r ON r.rolname = e.role_name
-     WHERE e.role_name = p_role
-       AND e.status <> 'departed'
-       AND (p_role = session_user OR pg_catalog.pg_has_role(session_user, r.oid, 'MEMBER'))
+    -- colleague by passing their role name. PL/pgSQL: its plan is cached per session
+    -- (a SQL function is planned at every call on PostgreSQL 15).
+    IF NOT crm_private.may_act_as(p_role) THEN
+        RETURN NULL;
+    END IF;
+    RETURN (SELECT e.id FROM crm.employees AS e
+             WHERE e.role_name = p_role AND e.status <> 'departed');
+END
 $$;
 COMMENT ON FUNCTION crm_private.employee_id_for(name) IS 'Employee bound to a role the calling session may act as; NULL otherwise or if departed. Use crm.current_employee_id()';
 
@@ -916,8 +931,10 @@ AS $$
 BEGIN
     RETURN (
         SELECT coalesce(array_agg(t.employee_id ORDER BY t.employee_id), '{}')
-          FROM crm_private.manager_tree AS t
-         WHERE t.manager_id = (SELECT crm_private.employee_id_for(p_role))
+          FROM crm.employees AS e
+          JOIN crm_private.manager_tree AS t ON t.manager_id = e.id
+         WHERE e.role_name = p_role AND e.status <> 'departed'
+           AND crm_private.may_act_as(p_role)
            AND t.depth > 0);
 END
 $$;
@@ -931,7 +948,8 @@ BEGIN
         SELECT coalesce(array_agg(t.descendant_id ORDER BY t.descendant_id), '{}')
           FROM crm.employees AS e
           JOIN crm_private.org_unit_tree AS t ON t.ancestor_id = e.org_unit_id
-         WHERE e.id = (SELECT crm_private.employee_id_for(p_role))
+         WHERE e.role_name = p_role AND e.status <> 'departed'
+           AND crm_private.may_act_as(p_role)
            AND (p_include_sub_units OR t.depth = 0));
 END
 $$;
@@ -943,8 +961,10 @@ AS $$
 BEGIN
     RETURN (
         SELECT coalesce(array_agg(DISTINCT m.project_id ORDER BY m.project_id), '{}')
-          FROM crm.project_members AS m
-         WHERE m.employee_id = (SELECT crm_private.employee_id_for(p_role))
+          FROM crm.employees AS e
+          JOIN crm.project_members AS m ON m.employee_id = e.id
+         WHERE e.role_name = p_role AND e.status <> 'departed'
+           AND crm_private.may_act_as(p_role)
            AND m.template = p_template);
 END
 $$;
@@ -956,8 +976,10 @@ AS $$
 BEGIN
     RETURN (
         SELECT EXISTS (
-            SELECT FROM crm.project_members AS m
-             WHERE m.employee_id = (SELECT crm_private.employee_id_for(p_role))
+            SELECT FROM crm.employees AS e
+              JOIN crm.project_members AS m ON m.employee_id = e.id
+             WHERE e.role_name = p_role AND e.status <> 'departed'
+               AND crm_private.may_act_as(p_role)
                AND m.template = p_template));
 END
 $$;
@@ -972,7 +994,8 @@ BEGIN
     RETURN (
         WITH me AS (
             SELECT e.id, e.org_unit_id FROM crm.employees AS e
-             WHERE e.id = (SELECT crm_private.employee_id_for(p_role))
+             WHERE e.role_name = p_role AND e.status <> 'departed'
+               AND crm_private.may_act_as(p_role)
         ), granted AS (
             SELECT s.customer_id, s.expires_at, s.access
               FROM me JOIN crm.shares AS s ON s.grantee_employee_id = me.id

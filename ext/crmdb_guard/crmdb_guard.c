@@ -9,7 +9,8 @@
  * closed in SQL, so this library refuses EXPLAIN (any form: ANALYZE or not, EXPLAIN
  * EXECUTE, inside a function) when the current role has the privileges of
  * crmdb_employee, i.e. is an employee (directly, or after SET ROLE through a gateway).
- * DBAs, the owner and the worker's login (which holds employee roles NOINHERIT) keep it.
+ * DBAs, the owner, the worker's login (which holds employee roles NOINHERIT) and a
+ * superuser's session after SET ROLE keep it.
  *
  * Load it for every session (no restart needed):
  *   ALTER SYSTEM SET session_preload_libraries = 'crmdb_guard'; SELECT pg_reload_conf();
@@ -39,7 +40,11 @@ current_role_is_employee(void)
 	Oid			employee = get_role_oid("crmdb_employee", true);
 	Oid			current = GetUserId();
 
-	if (!OidIsValid(employee) || superuser_arg(current))
+	/*
+	 * A superuser's session may read everything anyway: its DBA may EXPLAIN after SET
+	 * ROLE to an employee (to see the employee's plan). A gateway may not.
+	 */
+	if (!OidIsValid(employee) || superuser_arg(current) || superuser_arg(GetSessionUserId()))
 		return false;
 	return has_privs_of_role(current, employee);
 }

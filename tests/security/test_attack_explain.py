@@ -113,6 +113,10 @@ def test_dba_and_worker_keep_explain(attack_org):
             ).format(sql.Identifier(worker), sql.Literal(TEST_PASSWORD), sql.Identifier(worker))
         )
         assert rows(conn, explain_form("analyze", attack_org.id("c3")))
+        # A superuser's session may look at an employee's plan
+        conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(attack_org.role("rep_a"))))
+        assert rows(conn, explain_form("plain", attack_org.id("c3")))
+        conn.execute("RESET ROLE")
     # The worker holds every employee role NOINHERIT: not an employee's privileges
     with attack_org.db.connect_as(worker) as conn:
         assert rows(conn, explain_form("analyze", attack_org.id("c3")))
