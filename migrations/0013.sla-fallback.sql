@@ -1,5 +1,5 @@
 -- SLA fallback, routing settings, routed org units (issue 6, routing engine).
--- depends: 0011.exports
+-- depends: 0012.security-findings
 --
 -- 1. An SLA hop that finds nobody else eligible escalates at once (reason
 --    sla_no_eligible) to the owner's nearest active manager, else the project's

@@ -177,12 +177,13 @@ SELECT format('%%I on %%I.%%I', p.polname, n.nspname, c.relname) AS object,
  ORDER BY 1
 
 -- template_grants_nothing --
--- Templates employees hold (crm.project_members) whose role grants no table, or that has no role at all
+-- Templates employees hold (crm.project_members) whose role grants no table and no report
+-- (EXECUTE on a crm function, `reports:`), or that has no role at all
 SELECT t.template AS object,
        CASE WHEN r.oid IS NULL
             THEN format('%%s membership(s) name template %%s, but no role %%I exists: no policy file defines it',
                         t.members, t.template, t.role_name)
-            ELSE format('%%s membership(s) name template %%s, whose role %%I is granted no crm table: it grants nothing',
+            ELSE format('%%s membership(s) name template %%s, whose role %%I is granted no crm table and no report: it grants nothing',
                         t.members, t.template, t.role_name)
        END AS problem,
        format('DELETE FROM crm.project_members WHERE template = %%L;'
@@ -192,10 +193,15 @@ SELECT t.template AS object,
          GROUP BY m.template) AS t
   LEFT JOIN pg_roles AS r ON r.rolname = t.role_name
  WHERE r.oid IS NULL
-    OR NOT EXISTS (SELECT FROM pg_class AS c
-                     JOIN pg_namespace AS n ON n.oid = c.relnamespace
-                    CROSS JOIN LATERAL aclexplode(c.relacl) AS a
-                    WHERE n.nspname = 'crm' AND a.grantee = r.oid)
+    OR (NOT EXISTS (SELECT FROM pg_class AS c
+                      JOIN pg_namespace AS n ON n.oid = c.relnamespace
+                     CROSS JOIN LATERAL aclexplode(c.relacl) AS a
+                     WHERE n.nspname = 'crm' AND a.grantee = r.oid)
+        AND NOT EXISTS (SELECT FROM pg_proc AS f
+                          JOIN pg_namespace AS n ON n.oid = f.pronamespace
+                         CROSS JOIN LATERAL aclexplode(f.proacl) AS a
+                         WHERE n.nspname = 'crm' AND a.grantee = r.oid
+                           AND a.privilege_type = 'EXECUTE'))
  ORDER BY 1
 
 -- derived_columns_writable --

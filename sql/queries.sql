@@ -167,7 +167,7 @@ SELECT e.role_name::text
 
 -- sharing_rule_audiences --
 -- The audiences policy apply recorded last time
-SELECT role_name::text, org_unit, include_sub_units, employees::text[]
+SELECT role_name::text, org_unit, include_sub_units, employees::text[], project
   FROM crm_private.sharing_rule_audiences
  ORDER BY role_name
 

@@ -579,6 +579,25 @@ def _check_clusters(policies: "PolicySet", problems: list[Problem]) -> None:
                         ),
                     )
                 )
+        # Rows may point only at rows the writer sees (tables.Table.references): the
+        # policies ask the referenced table as the writer, who must be granted it.
+        readable = {
+            t for t, scopes in effective.items() if any("select" in s.actions for s in scopes)
+        }
+        for table, scopes in effective.items():
+            if not any(s.actions & {"insert", "update"} for s in scopes):
+                continue
+            for column, target in TABLES[table].references:
+                if target not in readable:
+                    problems.append(
+                        Problem(
+                            template.path,
+                            template.table_lines.get(table, template.line),
+                            f"template {name}: {table}.{column} points at {target}, and a "
+                            f"written row may point only at {target} the writer sees; "
+                            f"the template writes {table} but does not select {target}",
+                        )
+                    )
         for report in policies.reports(name):
             spec = REPORTS[report]
             own = report in template.reports

@@ -245,11 +245,11 @@ def make_plan(conn: psycopg.Connection, desired: Desired) -> Plan:
 
     # Audiences, then membership, last: the roles exist by now.
     have_audiences = {
-        (role, unit, sub, tuple(employees))
-        for role, unit, sub, employees in conn.execute(query("sharing_rule_audiences"))
+        (role, unit, sub, tuple(employees), project)
+        for role, unit, sub, employees, project in conn.execute(query("sharing_rule_audiences"))
     }
     want_audiences = {
-        (role, r.org_unit, r.include_sub_units, tuple(r.employees))
+        (role, r.org_unit, r.include_sub_units, tuple(r.employees), r.project)
         for role, r in desired.audiences.items()
     }
     if have_audiences != want_audiences:

@@ -49,6 +49,11 @@ class Table:
     group: str | None = None
     # The feature cluster: a solution, or None for a directory every solution may name.
     solution: str | None = None
+    # Foreign keys to other template-governed tables, (column, table): a written row may
+    # point only at rows the writer sees (scopes.sql.j2, references_visible), so the
+    # foreign key's error never tells a hidden row from a missing one. Templates that
+    # insert or update the table must select those tables (crmdb/policies/model.py).
+    references: tuple[tuple[str, str], ...] = ()
 
     @property
     def values(self) -> tuple[str, ...]:
@@ -359,6 +364,7 @@ TABLES: dict[str, Table] = {
             anchors=("owner_id", "project_id"),
             touch="updated_at",
             solution="marketing",
+            references=(("segment_id", "segments"),),
         ),
         Table(
             "campaign_audiences",
@@ -379,6 +385,7 @@ TABLES: dict[str, Table] = {
             anchors=("campaign_id", "customer_id", "project_id", "added_by"),
             touch="updated_at",
             solution="marketing",
+            references=(("campaign_id", "campaigns"),),
         ),
         Table(
             "exports",

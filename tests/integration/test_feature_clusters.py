@@ -166,8 +166,9 @@ def test_marketing_cannot_reach_another_projects_campaigns(org):
         )
         with pytest.raises(errors.InsufficientPrivilege, match="row-level security"):
             conn.execute(NEW_CAMPAIGN, ("p2", "Elsewhere"))
-    # Expect m3's audience closed to mkt, even for a customer mkt sees
-    with org.rolled_back("mkt") as conn, pytest.raises(errors.ForeignKeyViolation):
+    # Expect m3's audience closed to mkt, even for a customer mkt sees: refused by the
+    # policies (a campaign mkt cannot see), as a campaign that does not exist would be
+    with org.rolled_back("mkt") as conn, pytest.raises(errors.InsufficientPrivilege):
         conn.execute(ADD_AUDIENCE, (m3, org.id("c1")))
 
 
@@ -180,8 +181,12 @@ def test_a_campaign_targets_a_segment_of_its_own_project(org):
     assert row is not None
     try:
         for segment in (row[0], 10**9):  # another project's; a missing one
-            # Expect the same error for both: nothing learnt about p2
-            with org.rolled_back("mkt") as conn, pytest.raises(errors.ForeignKeyViolation):
+            # Expect the same error for both: nothing learnt about p2 (the policies refuse
+            # a segment mkt cannot see before the foreign key is asked)
+            with (
+                org.rolled_back("mkt") as conn,
+                pytest.raises(errors.InsufficientPrivilege, match="row-level security"),
+            ):
                 conn.execute(
                     "UPDATE crm_api.campaigns SET segment_id = %s WHERE id = %s",
                     (segment, org.id("m1", "campaigns")),
@@ -356,9 +361,13 @@ def test_rollback_of_0010_with_templates_applied_and_rows(scratch):
     db = scratch.migrated()
     try:
         build_policy_org(db, extras=False)  # crm_api views, policies, rows, report grants
-        # Expect 0010 (after the exports that follow it) to roll back past its generated
-        # views, policies and rows ...
-        assert migrate.rollback(db.target, 2) == ["0011.exports", "0010.feature-clusters"]
+        # Expect 0010 (after the migrations that follow it) to roll back past its
+        # generated views, policies and rows ...
+        assert migrate.rollback(db.target, 3) == [
+            "0012.security-findings",
+            "0011.exports",
+            "0010.feature-clusters",
+        ]
         with db.connect() as conn:
             left = conn.execute(
                 "SELECT count(*) FROM pg_class WHERE relname LIKE ANY"
@@ -366,6 +375,10 @@ def test_rollback_of_0010_with_templates_applied_and_rows(scratch):
             ).fetchone()
         assert left == (0,)
         # ... and to apply again
-        assert migrate.apply(db.target) == ["0010.feature-clusters", "0011.exports"]
+        assert migrate.apply(db.target) == [
+            "0010.feature-clusters",
+            "0011.exports",
+            "0012.security-findings",
+        ]
     finally:
         db.drop()

@@ -283,6 +283,23 @@ TEMPLATE_ERRORS = {
         "report pipeline reads customers, contracts, projects, employees as the caller; "
         "the template does not select contracts, projects, employees",
     ),
+    "writing rows that point at a table the template cannot select": Case(
+        "junior.yaml",
+        {
+            "junior.yaml": [
+                (
+                    "",
+                    "template: junior\nsolution: marketing\ntables:\n"
+                    "  campaigns:\n    rows:\n      - scope: own\n"
+                    "        actions: [select, insert]\n",
+                )
+            ]
+        },
+        "  campaigns:",
+        "template junior: campaigns.segment_id points at segments, and a written row may "
+        "point only at segments the writer sees; the template writes campaigns but does "
+        "not select segments",
+    ),
     "malformed inline test": Case(
         "director.yaml",
         {"director.yaml": [("select customers:c3,", "see customers:c3,")]},

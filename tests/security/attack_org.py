@@ -13,6 +13,10 @@ departed employee. VISIBLE is what each may see of crm.customers (the ground tru
 attacks compare with, written down independently of the policies); TARGET (c3, in
 project p2) is hidden from every attacker.
 
+Marketing (migration 0010): g1 (mkt's segment), m1 (mkt's campaign on it), m2 (adm's)
+in saoviet.crm, m3 in p2 as in the fixture, plus g3, an unowned segment in p2: p2's
+segments and campaigns are hidden from every attacker.
+
 Field groups (policies/fields.yaml): every customer and contract holds a distinct value
 in every field (SECRETS, set by the superuser), and a contract kx on c6 (rep_c's,
 shared to rep_a with edit) is added, whose money rep_a sees the row of but not the
@@ -102,6 +106,12 @@ def build_attack_org(db: ScratchDatabase) -> AttackOrg:
             assert row is not None
             org.loaded.ids[("customers", f"x_{key}")] = int(row[0])
             admin.set_employee_status(conn, role, status)
+        g3 = conn.execute(
+            "INSERT INTO crm.segments (project_id, name, description)"
+            " VALUES (crm_private.project_id('p2'), 'g3', 'p2 leads') RETURNING id"
+        ).fetchone()
+        assert g3 is not None
+        org.loaded.ids[("segments", "g3")] = int(g3[0])
         # A session that survived the departure: log in as the departed role again.
         conn.execute(sql.SQL("ALTER ROLE {} LOGIN").format(sql.Identifier(db.role("gone"))))
         _field_values(conn, org)

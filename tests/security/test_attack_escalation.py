@@ -187,10 +187,12 @@ def test_super_admin_grants_template_in_foreign_project(attack_org):
     with attacker_session(attack_org, "sadm") as sadm:
         query = (
             "INSERT INTO crm.project_members (project_id, employee_id, solution, template)"
-            " VALUES (crm_private.project_id('p2'), %s, 'management', 'super_admin')"
+            " VALUES (%s, %s, 'management', 'super_admin')"
         )
+        # p2's id as the superuser knows it: crm_private.project_id does not tell sadm
+        p2 = attack_org.superuser("SELECT id FROM crm.projects WHERE code = 'p2'")[0][0]
         # Expect a refusal: a super admin manages the members of their own projects only
-        assert refused(sadm.conn, query, (sadm.me,))
+        assert refused(sadm.conn, query, (p2, sadm.me))
 
 
 @pytest.mark.residual("employees who may update a table may lock it")

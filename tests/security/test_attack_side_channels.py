@@ -8,6 +8,9 @@ statistics, EXPLAIN and sequences. Where a probe could tell "exists but hidden" 
 
 import pytest
 from attack_org import NEVER_USED_ID, VISIBLE, column, outcome, refused, rows, warnings_of
+from psycopg import sql
+
+from crmdb import admin
 
 pytestmark = pytest.mark.attack("side channels")
 
@@ -251,3 +254,47 @@ def test_table_size_statistics(attack_org):
     # reltuples (and pg_stat_user_tables, pg_relation_size) count hidden rows too:
     # anyone learns roughly how many customers the company has.
     assert row is not None and row[0] == len(attack_org.superuser("SELECT id FROM crm.customers"))
+
+
+# Project codes (issue 8) ------------------------------------------------------------------
+
+
+def test_project_id_probe(attacker):
+    # Regression: crm_private.project_id gave anyone the id of any project, so a code
+    # told whether such a project exists. p2 is hidden from every attacker: it must
+    # answer as a code no project has
+    query = "SELECT crm_private.project_id(%s)"
+    assert column(attacker.conn, query, ("p2",)) == column(attacker.conn, query, ("no-such",))
+    assert column(attacker.conn, query, ("p2",)) in ([None], [])
+    # Expect their own project to resolve (the departed have no identity, hence none)
+    own = column(attacker.conn, query, ("saoviet.crm",))
+    p1 = attacker.org.superuser("SELECT id FROM crm.projects WHERE code = 'saoviet.crm'")[0][0]
+    assert own in (([None], []) if attacker.key == "gone" else ([p1],))
+
+
+def test_project_id_for_a_colleague(attacker):
+    # rep_c works in p2: asking in rep_c's name teaches nothing either
+    query = "SELECT crm_private.project_id_for(%s, %s)"
+    rep_c = attacker.org.role("rep_c")
+    hidden = outcome(attacker.conn, query, (rep_c, "p2"))
+    absent = outcome(attacker.conn, query, (rep_c, "no-such"))
+    assert hidden == absent
+    assert column(attacker.conn, query, (rep_c, "p2")) in ([None], [])
+
+
+def test_project_id_through_a_sharing_rule(attack_org):
+    # A sharing rule's audience resolves the rule's project (its policy names the
+    # project by code) even without working in it, and nothing else: an employee of
+    # the rule's unit (saoviet.hn.cskh) who works only in p2
+    with attack_org.db.connect(autocommit=False) as su, su.transaction(force_rollback=True):
+        role = attack_org.db.role("rule_only")
+        admin.add_employee(su, role, "rule only", "rule_only@attack.test", "saoviet.hn.cskh")
+        admin.add_project_member(su, "p2", role, "sales", "sales_rep")
+        su.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role)))
+        found = {
+            code: column(su, "SELECT crm_private.project_id(%s)", (code,))[0]
+            for code in ("saoviet.crm", "p2", "no-such")
+        }
+        su.execute("RESET ROLE")
+        ids = dict(attack_org.superuser("SELECT code, id FROM crm.projects"))
+    assert found == {"saoviet.crm": ids["saoviet.crm"], "p2": ids["p2"], "no-such": None}

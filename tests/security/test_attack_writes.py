@@ -7,7 +7,8 @@ A write is blocked when it is refused or changes no row.
 """
 
 import pytest
-from attack_org import Attacker, attacker_session, column, refused, touched
+from attack_org import NEVER_USED_ID, Attacker, attacker_session, column, outcome, refused, touched
+from psycopg import errors
 
 pytestmark = pytest.mark.attack("writes")
 
@@ -30,7 +31,10 @@ def writable(attacker: Attacker) -> int:
 
 
 def blocked(attacker: Attacker, query: str, params: tuple[object, ...]) -> bool:
-    return refused(attacker.conn, query, params) or touched(attacker.conn, query, params) == 0
+    try:
+        return refused(attacker.conn, query, params) or touched(attacker.conn, query, params) == 0
+    except errors.ForeignKeyViolation:  # e.g. a contract out of its customer's project
+        return True
 
 
 def test_give_customer_to_someone_out_of_reach(attacker):
@@ -116,11 +120,9 @@ def test_insert_customer_for_someone_else(attacker):
 
 
 def test_insert_customer_into_foreign_project(attacker):
-    query = (
-        "INSERT INTO crm.customers (project_id, owner_id, full_name)"
-        " VALUES (crm_private.project_id('p2'), %s, 'probe')"
-    )
-    assert refused(attacker.conn, query, (attacker.me,))
+    query = "INSERT INTO crm.customers (project_id, owner_id, full_name) VALUES (%s, %s, 'probe')"
+    p2 = attacker.org.superuser("SELECT id FROM crm.projects WHERE code = 'p2'")[0][0]
+    assert refused(attacker.conn, query, (p2, attacker.me))
 
 
 def test_point_contract_at_hidden_customer(attack_org):
@@ -177,15 +179,23 @@ def test_move_own_contract(attack_org, column_name):
 
 NEW_LEAD = (
     "INSERT INTO crm.customers (project_id, owner_id, full_name, source, stage)"
-    " VALUES (crm_private.project_id(%s), %s, 'probe', 'chat', 'lead')"
+    " VALUES (%s, %s, 'probe', 'chat', 'lead')"
 )
+
+
+def project(org, code: str) -> int:
+    """A project's id as the superuser knows it (crm_private.project_id tells employees
+    only their own projects')."""
+    return int(org.superuser("SELECT id FROM crm.projects WHERE code = %s", (code,))[0][0])
 
 
 def test_call_center_inserts_a_lead_owned_by_a_rep(attack_org):
     with attacker_session(attack_org, "cc") as cc:
         # the routing engine must be the one to pick the rep
-        assert touched(cc.conn, NEW_LEAD, ("saoviet.crm", None)) == 1
-        assert refused(cc.conn, NEW_LEAD, ("saoviet.crm", attack_org.emp("rep_a")))
+        assert touched(cc.conn, NEW_LEAD, (project(attack_org, "saoviet.crm"), None)) == 1
+        assert refused(
+            cc.conn, NEW_LEAD, (project(attack_org, "saoviet.crm"), attack_org.emp("rep_a"))
+        )
 
 
 def test_call_center_gives_an_inbound_lead_to_a_rep(attack_org):
@@ -205,7 +215,7 @@ def test_call_center_moves_a_lead_to_a_foreign_project(attack_org):
     p2 = attack_org.superuser("SELECT crm_private.project_id('p2')")[0][0]
     with attacker_session(attack_org, "cc") as cc:
         assert blocked(cc, SET.format("project_id"), (p2, attack_org.id("c5")))
-        assert refused(cc.conn, NEW_LEAD, ("p2", None))
+        assert refused(cc.conn, NEW_LEAD, (project(attack_org, "p2"), None))
 
 
 def test_call_center_moves_a_lead_out_of_the_criteria(attack_org):
@@ -246,3 +256,100 @@ def test_admin_shares_in_a_reps_name(attack_org):
         c2, rep_a = attack_org.id("c2"), attack_org.emp("rep_a")
         assert not refused(adm.conn, query, (c2, rep_a, adm.me))
         assert refused(adm.conn, query, (c2, rep_a, attack_org.emp("rep_b")))
+
+
+# Who created a row (issue 8) ---------------------------------------------------------------
+# created_by (customers) and added_by (campaign audiences) are the inserting employee's,
+# whatever the statement says, and employees cannot change them afterwards.
+
+NEW_CREATED_BY = (
+    "INSERT INTO {} (project_id, owner_id, full_name, created_by)"
+    " VALUES (%s, %s, 'probe', %s) RETURNING created_by"
+)
+
+
+@pytest.mark.parametrize("table", ["crm.customers", "crm_api.customers"])
+def test_insert_customer_created_by_someone_else(attacker, table):
+    p1 = attacker.org.superuser("SELECT id FROM crm.projects WHERE code = 'saoviet.crm'")[0][0]
+    query = NEW_CREATED_BY.format(table)
+    found = column(attacker.conn, query, (p1, attacker.me, attacker.org.emp("rep_c")))
+    # Expect the row (every attacker but the departed may create customers) to name the
+    # attacker as its creator, not rep_c
+    assert found == ([] if attacker.key == "gone" else [attacker.me])
+
+
+@pytest.mark.parametrize("table", ["crm.customers", "crm_api.customers"])
+def test_change_created_by(attacker, table):
+    customer = writable(attacker)
+    query = f"UPDATE {table} SET created_by = %s WHERE id = %s"
+    assert blocked(attacker, query, (attacker.org.emp("rep_c"), customer))
+    # Nor claim it (or disown it): whichever differs from what it holds
+    now = column(attacker.conn, "SELECT created_by FROM crm.customers WHERE id = %s", (customer,))
+    assert blocked(attacker, query, (attacker.me if now in ([None], []) else None, customer))
+    # Expect the other fields of the same row to stay writable (the departed: none)
+    other = f"UPDATE {table} SET product_interest = 'still mine' WHERE id = %s"
+    assert touched(attacker.conn, other, (customer,)) == (0 if attacker.key == "gone" else 1)
+
+
+def test_add_audience_in_someone_elses_name(attack_org):
+    query = (
+        "INSERT INTO crm.campaign_audiences (campaign_id, customer_id, added_by)"
+        " VALUES (%s, %s, %s) RETURNING added_by"
+    )
+    with attacker_session(attack_org, "mkt") as mkt:
+        m1, c5, adm = attack_org.id("m1", "campaigns"), attack_org.id("c5"), attack_org.emp("adm")
+        # Expect the row to be mkt's (and so in mkt's own scope), not adm's
+        assert column(mkt.conn, query, (m1, c5, adm)) == [mkt.me]
+        au1 = attack_org.id("au1", "campaign_audiences")
+        moved = "UPDATE crm.campaign_audiences SET added_by = %s WHERE id = %s"
+        assert blocked(mkt, moved, (adm, au1))
+        status = "UPDATE crm.campaign_audiences SET status = 'failed' WHERE id = %s"
+        assert touched(mkt.conn, status, (au1,)) == 1
+
+
+# A contract is in its customer's project (issue 8) ----------------------------------------
+
+NEW_CONTRACT = (
+    "INSERT INTO crm.contracts (customer_id, project_id, owner_id, title)"
+    " VALUES (%s, %s, %s, 'probe') RETURNING project_id"
+)
+
+
+def test_contract_in_another_project_than_its_customers(attack_org):
+    # Regression: rep_c works in both projects; a contract of c6 (saoviet.crm) could be
+    # put in p2, where p2's people saw a contract of a customer they cannot see
+    p1, p2 = project(attack_org, "saoviet.crm"), project(attack_org, "p2")
+    with attacker_session(attack_org, "rep_c") as rep:
+        c6, kx = attack_org.id("c6"), attack_org.id("kx", "contracts")
+        assert outcome(rep.conn, NEW_CONTRACT, (c6, p2, rep.me)).startswith(
+            "N: crmdb: a contract of customer N is in the customer's project (N), not in"
+        )
+        assert blocked(rep, "UPDATE crm.contracts SET project_id = %s WHERE id = %s", (p2, kx))
+        # Expect the customer's project, given or left out, to work
+        assert column(rep.conn, NEW_CONTRACT, (c6, p1, rep.me)) == [p1]
+        assert column(rep.conn, NEW_CONTRACT, (c6, None, rep.me)) == [p1]
+
+
+def test_plant_contract_in_a_hidden_project(attacker):
+    # A visible customer (their own where they have one), a project hidden from them
+    # (p2) or none at all: the same refusal, and no contract
+    customer = attacker.org.id(WRITABLE[attacker.key] or "c1")
+    hidden = outcome(
+        attacker.conn, NEW_CONTRACT, (customer, project(attacker.org, "p2"), attacker.me)
+    )
+    absent = outcome(attacker.conn, NEW_CONTRACT, (customer, NEVER_USED_ID, attacker.me))
+    assert hidden == absent
+    assert "rows" not in hidden
+
+
+def test_moving_a_customer_takes_its_contracts(attack_org):
+    # Legitimate: rep_c may move c6 (their own) to p2, where they also work; its
+    # contract kx (and kx's money, field group anchors included) follows it
+    p2 = project(attack_org, "p2")
+    with attacker_session(attack_org, "rep_c") as rep:
+        c6, kx = attack_org.id("c6"), attack_org.id("kx", "contracts")
+        assert touched(rep.conn, SET.format("project_id"), (p2, c6)) == 1
+        assert column(rep.conn, "SELECT project_id FROM crm.contracts WHERE id = %s", (kx,)) == [p2]
+        assert column(
+            rep.conn, "SELECT project_id FROM crm.contracts__financial WHERE id = %s", (kx,)
+        ) == [p2]

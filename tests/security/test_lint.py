@@ -284,7 +284,7 @@ def test_template_that_grants_nothing(broken, desired, demo):
     )
     found = findings_of(broken, desired, "template_grants_nothing")
     assert [f.object for f in found] == [template]
-    assert "is granted no crm table: it grants nothing" in found[0].problem
+    assert "is granted no crm table and no report: it grants nothing" in found[0].problem
     assert_found_and_fixed(
         broken,
         desired,
@@ -292,6 +292,33 @@ def test_template_that_grants_nothing(broken, desired, demo):
         template,
         f"DELETE FROM crm.project_members WHERE template = '{template}';",
     )
+
+
+def _idle_template(broken: psycopg.Connection, template: str) -> None:
+    """Template role `template`, held by one employee in one project, granted nothing."""
+    broken.execute(f"CREATE ROLE crmdb_tpl_{template} NOLOGIN")  # type: ignore[arg-type]
+    broken.execute(
+        "INSERT INTO crm.project_members (project_id, employee_id, solution, template)"
+        " SELECT p.project_id, e.id, p.solution, %s"
+        "   FROM crm.project_solutions AS p CROSS JOIN crm.employees AS e"
+        "  WHERE e.status <> 'departed' AND NOT EXISTS (SELECT FROM crm.project_members AS m"
+        "  WHERE (m.project_id, m.employee_id, m.solution) = (p.project_id, e.id, p.solution))"
+        "  ORDER BY 1, 2, 3 LIMIT 1",
+        (template,),
+    )
+
+
+def test_template_that_grants_only_a_report(broken, desired, demo):
+    # Regression (issue 8): a report (`reports:`, EXECUTE on crm.report_*) is a grant too;
+    # the check looked at table grants only and called such a template empty
+    template = demo.role("reporter")
+    _idle_template(broken, template)
+    assert [f.object for f in findings_of(broken, desired, "template_grants_nothing")] == [template]
+    broken.execute(f"GRANT EXECUTE ON FUNCTION crm.report_pipeline() TO crmdb_tpl_{template}")  # type: ignore[arg-type]
+    # Expect no finding while the role holds the report, and one again once it is revoked
+    assert findings_of(broken, desired, "template_grants_nothing") == []
+    broken.execute(f"REVOKE EXECUTE ON FUNCTION crm.report_pipeline() FROM crmdb_tpl_{template}")  # type: ignore[arg-type]
+    assert [f.object for f in findings_of(broken, desired, "template_grants_nothing")] == [template]
 
 
 def test_cli_json_on_a_database_without_policies(db):
