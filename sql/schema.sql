@@ -2474,25 +2474,45 @@ CREATE FUNCTION crm_private.copy_anchors() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    -- Statement-level: one UPDATE per group table for every row whose anchors changed
+    -- (a routing batch moves hundreds of customers; row by row, each copy was three
+    -- statements, each with its own audit trigger run).
     IF TG_TABLE_NAME = 'customers' THEN
-        UPDATE crm.customers__contact
-           SET project_id = NEW.project_id, org_unit_id = NEW.org_unit_id, owner_id = NEW.owner_id
-         WHERE id = NEW.id;
-        UPDATE crm.customers__financial
-           SET project_id = NEW.project_id, org_unit_id = NEW.org_unit_id, owner_id = NEW.owner_id
-         WHERE id = NEW.id;
-        UPDATE crm.customers__internal_notes
-           SET project_id = NEW.project_id, org_unit_id = NEW.org_unit_id, owner_id = NEW.owner_id
-         WHERE id = NEW.id;
+        IF NOT EXISTS (SELECT FROM new_rows AS n JOIN old_rows AS o ON o.id = n.id
+                        WHERE (o.project_id, o.org_unit_id, o.owner_id)
+                              IS DISTINCT FROM (n.project_id, n.org_unit_id, n.owner_id)) THEN
+            RETURN NULL;
+        END IF;
+        UPDATE crm.customers__contact AS g
+           SET project_id = n.project_id, org_unit_id = n.org_unit_id, owner_id = n.owner_id
+          FROM new_rows AS n
+         WHERE g.id = n.id
+           AND (g.project_id, g.org_unit_id, g.owner_id)
+               IS DISTINCT FROM (n.project_id, n.org_unit_id, n.owner_id);
+        UPDATE crm.customers__financial AS g
+           SET project_id = n.project_id, org_unit_id = n.org_unit_id, owner_id = n.owner_id
+          FROM new_rows AS n
+         WHERE g.id = n.id
+           AND (g.project_id, g.org_unit_id, g.owner_id)
+               IS DISTINCT FROM (n.project_id, n.org_unit_id, n.owner_id);
+        UPDATE crm.customers__internal_notes AS g
+           SET project_id = n.project_id, org_unit_id = n.org_unit_id, owner_id = n.owner_id
+          FROM new_rows AS n
+         WHERE g.id = n.id
+           AND (g.project_id, g.org_unit_id, g.owner_id)
+               IS DISTINCT FROM (n.project_id, n.org_unit_id, n.owner_id);
     ELSIF TG_TABLE_NAME = 'contracts' THEN
-        UPDATE crm.contracts__financial
-           SET project_id = NEW.project_id, owner_id = NEW.owner_id, customer_id = NEW.customer_id
-         WHERE id = NEW.id;
+        UPDATE crm.contracts__financial AS g
+           SET project_id = n.project_id, owner_id = n.owner_id, customer_id = n.customer_id
+          FROM new_rows AS n
+         WHERE g.id = n.id
+           AND (g.project_id, g.owner_id, g.customer_id)
+               IS DISTINCT FROM (n.project_id, n.owner_id, n.customer_id);
     END IF;
     RETURN NULL;
 END
 $$;
-COMMENT ON FUNCTION crm_private.copy_anchors() IS 'AFTER UPDATE row trigger on customers and contracts (when an anchor changed): the field groups'' copies follow';
+COMMENT ON FUNCTION crm_private.copy_anchors() IS 'AFTER UPDATE statement trigger on customers and contracts: the field groups'' copies of the anchors follow, one UPDATE per group table';
 
 -- Masks and anchor copies are the owner's to write (its triggers, DBA loads): a fake
 -- mask would mislead masked readers, a moved copy would detach a group from its row.
@@ -2502,13 +2522,17 @@ CREATE FUNCTION crm_private.keep_derived() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_new jsonb := to_jsonb(NEW);
-    v_old jsonb := CASE WHEN TG_OP = 'UPDATE' THEN to_jsonb(OLD) END;
+    v_new jsonb;
+    v_old jsonb;
     v_column text;
 BEGIN
+    -- crmdb's own writes first, before any row is made jsonb (a routing batch copies
+    -- anchors into hundreds of group rows).
     IF pg_catalog.pg_has_role(current_user, 'crmdb_owner', 'MEMBER') THEN
         RETURN NEW;
     END IF;
+    v_new := to_jsonb(NEW);
+    v_old := CASE WHEN TG_OP = 'UPDATE' THEN to_jsonb(OLD) END;
     FOREACH v_column IN ARRAY TG_ARGV LOOP
         IF (v_new -> v_column) IS DISTINCT FROM coalesce(v_old -> v_column, 'null') THEN
             RAISE EXCEPTION 'crmdb: %.% is kept by crmdb and cannot be written', TG_TABLE_NAME, v_column
@@ -2553,16 +2577,14 @@ CREATE TRIGGER _400_field_rows AFTER INSERT ON crm.customers
 CREATE TRIGGER _400_field_rows AFTER INSERT ON crm.contracts
     REFERENCING NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION crm_private.create_field_rows();
-CREATE TRIGGER _410_field_anchors AFTER UPDATE OF project_id, org_unit_id, owner_id ON crm.customers
-    FOR EACH ROW
-    WHEN ((OLD.project_id, OLD.org_unit_id, OLD.owner_id)
-          IS DISTINCT FROM (NEW.project_id, NEW.org_unit_id, NEW.owner_id))
-    EXECUTE FUNCTION crm_private.copy_anchors();
-CREATE TRIGGER _410_field_anchors AFTER UPDATE OF project_id, owner_id, customer_id ON crm.contracts
-    FOR EACH ROW
-    WHEN ((OLD.project_id, OLD.owner_id, OLD.customer_id)
-          IS DISTINCT FROM (NEW.project_id, NEW.owner_id, NEW.customer_id))
-    EXECUTE FUNCTION crm_private.copy_anchors();
+-- Statement-level (transition tables cannot go with a column list or WHEN: the function
+-- finds the rows whose anchors changed).
+CREATE TRIGGER _410_field_anchors AFTER UPDATE ON crm.customers
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION crm_private.copy_anchors();
+CREATE TRIGGER _410_field_anchors AFTER UPDATE ON crm.contracts
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION crm_private.copy_anchors();
 CREATE TRIGGER _400_masks AFTER UPDATE OF phone ON crm.customers__contact
     FOR EACH ROW WHEN (OLD.phone IS DISTINCT FROM NEW.phone)
     EXECUTE FUNCTION crm_private.refresh_masks();
@@ -2582,9 +2604,11 @@ BEGIN
     -- Statement-level with transition tables: one INSERT per statement, not per row.
     -- Each row is made jsonb once (MATERIALIZED: not recomputed at every reference).
     SELECT e.id INTO v_employee FROM crm.employees AS e WHERE e.role_name = v_actor;
-    SELECT array_agg(a.attname::text ORDER BY a.attname) INTO v_columns
-      FROM pg_catalog.pg_attribute AS a
-     WHERE a.attrelid = TG_RELID AND a.attnum > 0 AND NOT a.attisdropped;
+    IF TG_OP IN ('INSERT', 'DELETE') THEN
+        SELECT array_agg(a.attname::text ORDER BY a.attname) INTO v_columns
+          FROM pg_catalog.pg_attribute AS a
+         WHERE a.attrelid = TG_RELID AND a.attnum > 0 AND NOT a.attisdropped;
+    END IF;
 
     IF TG_OP = 'INSERT' THEN
         INSERT INTO crm.change_log (table_name, record_id, action, changed_fields,
@@ -2606,11 +2630,15 @@ BEGIN
         INSERT INTO crm.change_log (table_name, record_id, action, changed_fields,
                                     old_values, new_values, actor_role, actor_employee_id,
                                     project_id)
-        -- Compared key by key; rows where only quiet columns changed are not logged.
+        -- Compared key by key; rows where only quiet columns changed are not logged
+        -- (and are left out before the key-by-key comparison: a routing batch's group
+        -- rows change only their anchor copies).
         WITH r AS MATERIALIZED (
-            SELECT n.id, to_jsonb(n) AS nj, to_jsonb(o) AS oj
-              FROM new_rows AS n
-              JOIN old_rows AS o ON o.id = n.id
+            SELECT x.id, x.nj, x.oj
+              FROM (SELECT n.id, to_jsonb(n) AS nj, to_jsonb(o) AS oj
+                      FROM new_rows AS n
+                      JOIN old_rows AS o ON o.id = n.id) AS x
+             WHERE (x.nj - v_quiet) IS DISTINCT FROM (x.oj - v_quiet)
         )
         SELECT TG_TABLE_NAME, r.id, 'UPDATE', d.fields, d.old_values, d.new_values,
                v_actor, v_employee, crm_private.change_project(r.nj)
