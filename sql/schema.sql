@@ -486,48 +486,63 @@ $$;
 COMMENT ON FUNCTION crm_private.maintain_org_unit_tree() IS 'AFTER trigger on crm.org_units: keeps crm_private.org_unit_tree in step and refuses cycles';
 
 CREATE FUNCTION crm_private.record_changes() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = ''
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_actor name := crm_private.acting_role();
     v_employee bigint;
     v_columns text[];
+    -- Trigger arguments: columns whose changes alone are not logged.
+    v_quiet text[] := ARRAY['updated_at'] || coalesce(TG_ARGV, '{}'::text[]);
 BEGIN
     -- Statement-level with transition tables: one INSERT per statement, not per row.
+    -- Each row is made jsonb once (MATERIALIZED: not recomputed at every reference).
     SELECT e.id INTO v_employee FROM crm.employees AS e WHERE e.role_name = v_actor;
-    SELECT array_agg(a.attname::text ORDER BY a.attname) INTO v_columns
-      FROM pg_catalog.pg_attribute AS a
-     WHERE a.attrelid = TG_RELID AND a.attnum > 0 AND NOT a.attisdropped;
+    IF TG_OP IN ('INSERT', 'DELETE') THEN
+        SELECT array_agg(a.attname::text ORDER BY a.attname) INTO v_columns
+          FROM pg_catalog.pg_attribute AS a
+         WHERE a.attrelid = TG_RELID AND a.attnum > 0 AND NOT a.attisdropped;
+    END IF;
 
     IF TG_OP = 'INSERT' THEN
         INSERT INTO crm.change_log (table_name, record_id, action, changed_fields,
-                                    old_values, new_values, actor_role, actor_employee_id)
-        SELECT TG_TABLE_NAME, n.id, 'INSERT', v_columns, NULL, to_jsonb(n), v_actor, v_employee
-          FROM new_rows AS n;
+                                    old_values, new_values, actor_role, actor_employee_id,
+                                    project_id)
+        WITH r AS MATERIALIZED (SELECT n.id, to_jsonb(n) AS nj FROM new_rows AS n)
+        SELECT TG_TABLE_NAME, r.id, 'INSERT', v_columns, NULL, r.nj, v_actor, v_employee,
+               crm_private.change_project(r.nj)
+          FROM r;
     ELSIF TG_OP = 'DELETE' THEN
         INSERT INTO crm.change_log (table_name, record_id, action, changed_fields,
-                                    old_values, new_values, actor_role, actor_employee_id)
-        SELECT TG_TABLE_NAME, o.id, 'DELETE', v_columns, to_jsonb(o), NULL, v_actor, v_employee
-          FROM old_rows AS o;
+                                    old_values, new_values, actor_role, actor_employee_id,
+                                    project_id)
+        WITH r AS MATERIALIZED (SELECT o.id, to_jsonb(o) AS oj FROM old_rows AS o)
+        SELECT TG_TABLE_NAME, r.id, 'DELETE', v_columns, r.oj, NULL, v_actor, v_employee,
+               crm_private.change_project(r.oj)
+          FROM r;
     ELSE
         INSERT INTO crm.change_log (table_name, record_id, action, changed_fields,
-                                    old_values, new_values, actor_role, actor_employee_id)
-        -- Each row made jsonb once (MATERIALIZED: not recomputed at every reference),
-        -- then compared key by key; rows where only updated_at changed are not logged.
+                                    old_values, new_values, actor_role, actor_employee_id,
+                                    project_id)
+        -- Compared key by key; rows where only quiet columns changed are not logged
+        -- (and are left out before the key-by-key comparison: a routing batch's group
+        -- rows change only their anchor copies).
         WITH r AS MATERIALIZED (
-            SELECT n.id, to_jsonb(n) AS nj, to_jsonb(o) AS oj
-              FROM new_rows AS n
-              JOIN old_rows AS o ON o.id = n.id
+            SELECT x.id, x.nj, x.oj
+              FROM (SELECT n.id, to_jsonb(n) AS nj, to_jsonb(o) AS oj
+                      FROM new_rows AS n
+                      JOIN old_rows AS o ON o.id = n.id) AS x
+             WHERE (x.nj - v_quiet) IS DISTINCT FROM (x.oj - v_quiet)
         )
         SELECT TG_TABLE_NAME, r.id, 'UPDATE', d.fields, d.old_values, d.new_values,
-               v_actor, v_employee
+               v_actor, v_employee, crm_private.change_project(r.nj)
           FROM r
          CROSS JOIN LATERAL (
               SELECT array_agg(k ORDER BY k) AS fields,
                      jsonb_object_agg(k, r.oj -> k) AS old_values,
                      jsonb_object_agg(k, r.nj -> k) AS new_values
                 FROM jsonb_object_keys(r.nj) AS k
-               WHERE k <> 'updated_at' AND (r.nj -> k) IS DISTINCT FROM (r.oj -> k)
+               WHERE k <> ALL (v_quiet) AND (r.nj -> k) IS DISTINCT FROM (r.oj -> k)
           ) AS d
          WHERE d.fields IS NOT NULL;
     END IF;
@@ -1556,37 +1571,31 @@ $$;
 COMMENT ON FUNCTION crm_private.wake_router() IS 'NOTIFY crmdb_routing (no payload): wakes listening workers once per transaction';
 
 CREATE FUNCTION crm_private.customers_inserted_event() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = ''
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     INSERT INTO crm_private.routing_events (kind, customer_id)
     SELECT 'customer_created', n.id FROM new_rows AS n WHERE n.owner_id IS NULL;
-    IF FOUND THEN
-        PERFORM crm_private.wake_router();
-    END IF;
     RETURN NULL;
 END
 $$;
 COMMENT ON FUNCTION crm_private.customers_inserted_event() IS 'AFTER INSERT statement trigger on crm.customers: an event per customer without an owner';
 
 CREATE FUNCTION crm_private.customers_stage_event() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = ''
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     INSERT INTO crm_private.routing_events (kind, customer_id, stage)
     SELECT 'stage_changed', n.id, n.stage
       FROM new_rows AS n JOIN old_rows AS o ON o.id = n.id
      WHERE n.stage IS DISTINCT FROM o.stage;
-    IF FOUND THEN
-        PERFORM crm_private.wake_router();
-    END IF;
     RETURN NULL;
 END
 $$;
 COMMENT ON FUNCTION crm_private.customers_stage_event() IS 'AFTER UPDATE statement trigger on crm.customers: an event per customer whose stage changed';
 
 CREATE FUNCTION crm_private.activities_owner_event() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = ''
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     -- Only activities that stop a running SLA clock: the owner's own, on their customer.
@@ -1594,25 +1603,19 @@ BEGIN
     SELECT DISTINCT 'owner_responded'::crm_private.routing_event_kind, n.customer_id, n.employee_id
       FROM new_rows AS n
       JOIN crm_private.sla_timers AS t ON t.customer_id = n.customer_id AND t.owner_id = n.employee_id;
-    IF FOUND THEN
-        PERFORM crm_private.wake_router();
-    END IF;
     RETURN NULL;
 END
 $$;
 COMMENT ON FUNCTION crm_private.activities_owner_event() IS 'AFTER INSERT statement trigger on crm.activities: an event when an owner responds while an SLA clock runs';
 
 CREATE FUNCTION crm_private.employees_status_event() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = ''
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     INSERT INTO crm_private.routing_events (kind, employee_id, status)
     SELECT 'employee_status_changed', n.id, n.status
       FROM new_rows AS n JOIN old_rows AS o ON o.id = n.id
      WHERE n.status IS DISTINCT FROM o.status;
-    IF FOUND THEN
-        PERFORM crm_private.wake_router();
-    END IF;
     RETURN NULL;
 END
 $$;
@@ -1752,15 +1755,17 @@ $$;
 COMMENT ON FUNCTION crm_private.check_router() IS 'Refuses callers of the routing engine that are employees or not members of crmdb_owner';
 
 CREATE FUNCTION crm_private.assign_rule(p_rule_id bigint, p_now timestamptz) RETURNS void
-LANGUAGE plpgsql SET search_path = ''
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_strategy crm.routing_strategy;
+    v_max_open integer;
+    v_work record;
 BEGIN
     -- One rule at a time, in rule id order across workers: its counters and loads are
     -- read and written under this lock, so concurrent workers take turns fairly.
     PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('crmdb routing rule'), p_rule_id::integer);
-    SELECT strategy INTO v_strategy FROM crm.routing_rules WHERE id = p_rule_id;
+    SELECT strategy, max_open INTO v_strategy, v_max_open FROM crm.routing_rules WHERE id = p_rule_id;
 
     -- Water-filling: every candidate offers slots 1..n (n: this rule's customers in the
     -- batch) keyed by what its turn/load would be after taking that many; the i-th
@@ -1790,28 +1795,46 @@ BEGIN
       FROM need JOIN ranked AS r ON r.rn = need.rn
      WHERE w.event_id = need.event_id;
 
-    -- The rest one by one: SLA hops (with people to skip) and keep_with_team.
-    UPDATE pg_temp.routing_work AS w
-       SET to_employee = coalesce(
-               CASE WHEN w.strategy = 'keep_with_team' THEN (
-                   SELECT e.id FROM crm.employees AS prev
-                     JOIN crm.employees AS e ON e.org_unit_id = prev.org_unit_id
-                    WHERE prev.id = w.from_employee AND e.status = 'active'
-                      AND e.id <> ALL (w.excluded)
-                      AND EXISTS (SELECT FROM crm.project_members AS pm
-                                   WHERE pm.project_id = w.project_id AND pm.employee_id = e.id)
-                    ORDER BY e.id = prev.id DESC,
-                             (SELECT count(*) FROM crm.customers AS cu
-                               WHERE cu.owner_id = e.id AND cu.stage <> 'lost'), e.id
-                    LIMIT 1)
-               END,
-               (SELECT c.employee_id FROM crm_private.routing_candidates(p_rule_id, w.excluded) AS c
-                 ORDER BY CASE v_strategy WHEN 'least_loaded' THEN c.load::numeric
-                                          WHEN 'weighted' THEN (c.assigned + 1)::numeric / c.weight
-                                          ELSE c.assigned::numeric END, c.employee_id
-                 LIMIT 1))
-     WHERE w.rule_id = p_rule_id AND w.to_employee IS NULL
-       AND (w.excluded <> '{}' OR w.strategy = 'keep_with_team');
+    -- The rest one customer at a time, each pick seeing the ones before it (capacity
+    -- counts this batch's picks too): SLA hops (with people to skip) and keep_with_team,
+    -- which takes the previous owner, else the least loaded of their team, else the
+    -- target in turn; all of them only under the rule's max_open.
+    FOR v_work IN SELECT w.event_id, w.from_employee, w.project_id, w.excluded, w.strategy
+                    FROM pg_temp.routing_work AS w
+                   WHERE w.rule_id = p_rule_id AND w.to_employee IS NULL
+                     AND (w.excluded <> '{}' OR w.strategy = 'keep_with_team')
+                   ORDER BY w.event_id LOOP
+        UPDATE pg_temp.routing_work AS w
+           SET to_employee = coalesce(
+                   CASE WHEN v_work.strategy = 'keep_with_team' THEN (
+                       SELECT e.id FROM crm.employees AS prev
+                         JOIN crm.employees AS e ON e.org_unit_id = prev.org_unit_id
+                        CROSS JOIN LATERAL (
+                              SELECT (SELECT count(*) FROM crm.customers AS cu
+                                       WHERE cu.owner_id = e.id AND cu.stage <> 'lost')
+                                     + (SELECT count(*) FROM pg_temp.routing_work AS b
+                                         WHERE b.to_employee = e.id) AS n) AS open
+                        WHERE prev.id = v_work.from_employee AND e.status = 'active'
+                          AND e.id <> ALL (v_work.excluded)
+                          AND EXISTS (SELECT FROM crm.project_members AS pm
+                                       WHERE pm.project_id = v_work.project_id AND pm.employee_id = e.id)
+                          -- kept by its owner (a hand-off) it adds nothing to their load
+                          AND (v_max_open IS NULL
+                               OR open.n - (e.id = v_work.from_employee)::integer < v_max_open)
+                        ORDER BY e.id = prev.id DESC, open.n, e.id
+                        LIMIT 1)
+                   END,
+                   (SELECT c.employee_id
+                      FROM crm_private.routing_candidates(p_rule_id, v_work.excluded) AS c
+                     CROSS JOIN LATERAL (SELECT count(*) AS n FROM pg_temp.routing_work AS b
+                                          WHERE b.to_employee = c.employee_id) AS taken
+                     WHERE c.room IS NULL OR c.room > taken.n
+                     ORDER BY CASE v_strategy WHEN 'least_loaded' THEN (c.load + taken.n)::numeric
+                                              WHEN 'weighted' THEN (c.assigned + 1)::numeric / c.weight
+                                              ELSE c.assigned::numeric END, c.employee_id
+                     LIMIT 1))
+         WHERE w.event_id = v_work.event_id;
+    END LOOP;
 
     -- Count the turns; a newcomer's counter starts level with the lowest.
     INSERT INTO crm_private.routing_counters (rule_id, employee_id, assigned)
@@ -1829,7 +1852,7 @@ BEGIN
      WHERE k.rule_id = p_rule_id AND k.employee_id = n.to_employee;
 END
 $$;
-COMMENT ON FUNCTION crm_private.assign_rule(bigint, timestamptz) IS 'Picks an owner for every batch customer routed by one rule, under the rule''s lock, and counts the turns';
+COMMENT ON FUNCTION crm_private.assign_rule(bigint, timestamptz) IS 'Picks an owner for every batch customer routed by one rule (every strategy under max_open), under the rule''s lock, and counts the turns';
 
 CREATE FUNCTION crm_private.rule_matches(r crm.routing_rules, c crm.customers) RETURNS boolean
 LANGUAGE sql IMMUTABLE SET search_path = ''
@@ -1885,12 +1908,13 @@ COMMENT ON FUNCTION crm_private.offboard(bigint, timestamptz) IS 'A departure: o
 
 CREATE FUNCTION crm_private.route_events(p_limit integer, p_now timestamptz DEFAULT NULL)
 RETURNS TABLE (claimed integer, assigned integer, deferred integer)
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = ''
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_now timestamptz := coalesce(p_now, pg_catalog.clock_timestamp());
     v_ids bigint[];
     v_rule bigint;
+    v_work record;
     v_assigned integer;
     v_deferred integer;
 BEGIN
@@ -1956,22 +1980,24 @@ BEGIN
        AND t.customer_id = e.customer_id AND t.owner_id = e.employee_id;
 
     -- 6. What to route, and by which rule (still applicable: the customer may have
-    --    moved on since the event).
+    --    moved on since the event). A new customer no rule matches is 'unmatched': the
+    --    project's triage takes it (below); a stage without a hand-off rule moves nothing.
     INSERT INTO pg_temp.routing_work
-    SELECT e.id, c.id, c.project_id, c.owner_id, r.id, r.strategy::text,
-           CASE e.kind WHEN 'customer_created' THEN 'new' ELSE 'handoff' END, 0, '{}', NULL
+    SELECT e.id, c.id, c.project_id, c.owner_id, r.id, coalesce(r.strategy::text, 'triage'),
+           CASE WHEN e.kind = 'stage_changed' THEN 'handoff'
+                WHEN r.id IS NULL THEN 'unmatched' ELSE 'new' END, 0, '{}', NULL
       FROM crm_private.routing_events AS e
       JOIN crm.customers AS c ON c.id = e.customer_id
-     CROSS JOIN LATERAL (
+      LEFT JOIN LATERAL (
            SELECT r.* FROM crm.routing_rules AS r
             WHERE r.project_id = c.project_id
               AND crm_private.rule_matches(r, c)
               AND CASE e.kind WHEN 'customer_created' THEN r.kind = 'assign'
                               ELSE r.kind = 'handoff' AND r.on_stage = e.stage END
-            ORDER BY r.priority, r.id LIMIT 1) AS r
+            ORDER BY r.priority, r.id LIMIT 1) AS r ON true
      WHERE e.id = ANY (v_ids)
        AND ((e.kind = 'customer_created' AND c.owner_id IS NULL)
-            OR (e.kind = 'stage_changed' AND c.stage = e.stage));
+            OR (e.kind = 'stage_changed' AND c.stage = e.stage AND r.id IS NOT NULL));
 
     -- Offboarding: to the successor, else by the rules, else to the nearest manager.
     INSERT INTO pg_temp.routing_work
@@ -2036,15 +2062,61 @@ BEGIN
         PERFORM crm_private.assign_rule(v_rule, v_now);
     END LOOP;
 
-    -- Nobody eligible: offboarding falls back to the manager; the rest waits and retries.
+    -- Nobody eligible. A new customer whose rule found nobody for overflow_tries tries
+    -- (crm.routing_settings; by default the 12th, 5 minutes apart: an hour) overflows to
+    -- the project's triage; offboarding falls back to the nearest active manager.
+    UPDATE pg_temp.routing_work AS w
+       SET reason = 'overflow'
+      FROM crm_private.routing_events AS e
+     WHERE e.id = w.event_id AND w.to_employee IS NULL AND w.reason = 'new'
+       AND e.attempts + 1 >= (crm_private.routing_settings_of(w.project_id)).overflow_tries;
     UPDATE pg_temp.routing_work AS w
        SET to_employee = crm_private.active_manager(w.from_employee), strategy = 'manager', rule_id = NULL
      WHERE w.to_employee IS NULL AND w.reason = 'offboarding';
+    -- An SLA hop that finds nobody else eligible (everyone else already had it, is on
+    -- leave, departed or at capacity) escalates at once, as after the last hop: to the
+    -- owner's nearest active manager, else (below) the project's triage. It never waits:
+    -- the unresponsive owner would keep the customer meanwhile. The rule stays on record.
+    UPDATE pg_temp.routing_work AS w
+       SET reason = 'sla_no_eligible', strategy = 'manager', hop = w.hop - 1,
+           to_employee = crm_private.active_manager(w.from_employee)
+     WHERE w.to_employee IS NULL AND w.reason = 'sla';
+
+    -- The project's triage: its triage queue, else its admins (crm.routing_settings),
+    -- the least loaded first, one customer at a time (each pick counts in the next one's
+    -- load). It takes unmatched and overflowing new customers, and offboarding and SLA
+    -- escalations that found no active manager.
+    FOR v_work IN SELECT w.event_id, w.project_id, w.from_employee FROM pg_temp.routing_work AS w
+                   WHERE w.to_employee IS NULL
+                     AND w.reason IN ('unmatched', 'overflow', 'offboarding', 'escalation', 'sla_no_eligible')
+                   ORDER BY w.event_id LOOP
+        UPDATE pg_temp.routing_work AS w
+           SET to_employee = f.employee_id, strategy = f.strategy,
+               rule_id = CASE WHEN w.reason IN ('overflow', 'sla_no_eligible') THEN w.rule_id END
+          FROM (SELECT f.employee_id, f.strategy
+                  FROM crm_private.fallback_candidates(v_work.project_id) AS f
+                 WHERE f.employee_id IS DISTINCT FROM v_work.from_employee
+                 ORDER BY f.tier,
+                          f.open_customers + (SELECT count(*) FROM pg_temp.routing_work AS b
+                                               WHERE b.to_employee = f.employee_id),
+                          f.employee_id
+                 LIMIT 1) AS f
+         WHERE w.event_id = v_work.event_id;
+    END LOOP;
+    -- An SLA escalation that finds nobody at all (no active manager, an empty triage)
+    -- ends the chain with the owner, who is active: on record (strategy kept) and told,
+    -- with no clock to fire again. Whatever else finds nobody waits and retries.
+    UPDATE pg_temp.routing_work AS w
+       SET to_employee = w.from_employee, strategy = 'kept', rule_id = NULL
+     WHERE w.to_employee IS NULL AND w.reason IN ('escalation', 'sla_no_eligible');
     WITH stuck AS (
-        DELETE FROM pg_temp.routing_work AS w WHERE w.to_employee IS NULL RETURNING w.event_id
+        DELETE FROM pg_temp.routing_work AS w WHERE w.to_employee IS NULL
+        RETURNING w.event_id, w.project_id
     )
     UPDATE crm_private.routing_events AS e
-       SET due_at = v_now + interval '5 minutes', attempts = e.attempts + 1
+       SET due_at = v_now + pg_catalog.make_interval(
+               mins => (crm_private.routing_settings_of(stuck.project_id)).retry_minutes),
+           attempts = e.attempts + 1
       FROM stuck
      WHERE e.id = stuck.event_id;
 
@@ -2053,7 +2125,7 @@ BEGIN
        SET owner_id = w.to_employee, org_unit_id = e.org_unit_id, assigned_at = v_now
       FROM pg_temp.routing_work AS w
       JOIN crm.employees AS e ON e.id = w.to_employee
-     WHERE c.id = w.customer_id;
+     WHERE c.id = w.customer_id AND w.strategy <> 'kept';
     GET DIAGNOSTICS v_assigned = ROW_COUNT;
 
     INSERT INTO crm.assignment_history (customer_id, project_id, from_employee_id, to_employee_id,
@@ -2087,15 +2159,24 @@ BEGIN
            w.hop, w.excluded
       FROM pg_temp.routing_work AS w
       JOIN crm.routing_rules AS r ON r.id = w.rule_id
-     WHERE r.sla_minutes IS NOT NULL;
+     WHERE r.sla_minutes IS NOT NULL AND w.reason NOT IN ('overflow', 'sla_no_eligible');
 
     INSERT INTO crm.notifications (employee_id, kind, customer_id, subject, details)
     SELECT w.to_employee,
-           CASE w.reason WHEN 'escalation' THEN 'escalated' ELSE 'assigned' END,
+           CASE WHEN w.strategy = 'kept' THEN 'sla_missed'
+                WHEN w.reason IN ('escalation', 'overflow', 'sla_no_eligible') OR w.strategy = 'project_admin'
+                THEN 'escalated' ELSE 'assigned' END,
            w.customer_id,
-           CASE w.reason
-               WHEN 'escalation' THEN pg_catalog.format('Customer #%s escalated to you: no response within the SLA', w.customer_id)
-               WHEN 'sla' THEN pg_catalog.format('Customer #%s reassigned to you: the previous owner did not respond in time', w.customer_id)
+           CASE
+               WHEN w.strategy = 'kept' THEN pg_catalog.format('Customer #%s: no activity logged within the SLA, and nobody could take it over (no one else eligible, no active manager, an empty triage): it stays with you', w.customer_id)
+               WHEN w.reason = 'sla_no_eligible' AND w.strategy <> 'manager' THEN pg_catalog.format('Customer #%s escalated to you: no response within the SLA, nobody else eligible under rule %s, and no active manager', w.customer_id, r.name)
+               WHEN w.reason = 'sla_no_eligible' THEN pg_catalog.format('Customer #%s escalated to you: no response within the SLA, and nobody else eligible under rule %s', w.customer_id, r.name)
+               WHEN w.reason = 'escalation' AND w.strategy <> 'manager' THEN pg_catalog.format('Customer #%s escalated to you: no response within the SLA, and no active manager', w.customer_id)
+               WHEN w.reason = 'escalation' THEN pg_catalog.format('Customer #%s escalated to you: no response within the SLA', w.customer_id)
+               WHEN w.reason = 'sla' THEN pg_catalog.format('Customer #%s reassigned to you: the previous owner did not respond in time', w.customer_id)
+               WHEN w.reason = 'unmatched' THEN pg_catalog.format('Customer #%s assigned to you: no routing rule of its project matched it', w.customer_id)
+               WHEN w.reason = 'overflow' THEN pg_catalog.format('Customer #%s assigned to you: rule %s found nobody eligible for an hour', w.customer_id, r.name)
+               WHEN w.reason = 'offboarding' AND w.strategy IN ('manager', 'triage', 'project_admin') THEN pg_catalog.format('Customer #%s of a departed colleague assigned to you: no successor or rule could take it', w.customer_id)
                ELSE pg_catalog.format('Customer #%s assigned to you', w.customer_id)
            END,
            pg_catalog.jsonb_build_object('reason', w.reason, 'rule', r.name, 'strategy', w.strategy,
@@ -2109,7 +2190,7 @@ BEGIN
       FROM pg_temp.routing_work AS w
       LEFT JOIN crm.routing_rules AS r ON r.id = w.rule_id
       JOIN crm.employees AS prev ON prev.id = w.from_employee AND prev.status <> 'departed'
-     WHERE w.reason IN ('sla', 'escalation');
+     WHERE w.reason IN ('sla', 'escalation', 'sla_no_eligible') AND w.strategy <> 'kept';
 
     -- 10. Done: applied events go; deferred ones stay, due later.
     DELETE FROM crm_private.routing_events AS e WHERE e.id = ANY (v_ids) AND e.due_at <= v_now;
@@ -2282,63 +2363,6 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION crm_private.change_project(jsonb) IS 'The project an audited row (as jsonb) belongs to: its project_id, else its customer''s';
-
-CREATE OR REPLACE FUNCTION crm_private.record_changes() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    v_actor name := crm_private.acting_role();
-    v_employee bigint;
-    v_columns text[];
-BEGIN
-    -- Statement-level with transition tables: one INSERT per statement, not per row.
-    -- Each row is made jsonb once (MATERIALIZED: not recomputed at every reference).
-    SELECT e.id INTO v_employee FROM crm.employees AS e WHERE e.role_name = v_actor;
-    SELECT array_agg(a.attname::text ORDER BY a.attname) INTO v_columns
-      FROM pg_catalog.pg_attribute AS a
-     WHERE a.attrelid = TG_RELID AND a.attnum > 0 AND NOT a.attisdropped;
-
-    IF TG_OP = 'INSERT' THEN
-        INSERT INTO crm.change_log (table_name, record_id, action, changed_fields,
-                                    old_values, new_values, actor_role, actor_employee_id,
-                                    project_id)
-        WITH r AS MATERIALIZED (SELECT n.id, to_jsonb(n) AS nj FROM new_rows AS n)
-        SELECT TG_TABLE_NAME, r.id, 'INSERT', v_columns, NULL, r.nj, v_actor, v_employee,
-               crm_private.change_project(r.nj)
-          FROM r;
-    ELSIF TG_OP = 'DELETE' THEN
-        INSERT INTO crm.change_log (table_name, record_id, action, changed_fields,
-                                    old_values, new_values, actor_role, actor_employee_id,
-                                    project_id)
-        WITH r AS MATERIALIZED (SELECT o.id, to_jsonb(o) AS oj FROM old_rows AS o)
-        SELECT TG_TABLE_NAME, r.id, 'DELETE', v_columns, r.oj, NULL, v_actor, v_employee,
-               crm_private.change_project(r.oj)
-          FROM r;
-    ELSE
-        INSERT INTO crm.change_log (table_name, record_id, action, changed_fields,
-                                    old_values, new_values, actor_role, actor_employee_id,
-                                    project_id)
-        -- Compared key by key; rows where only updated_at changed are not logged.
-        WITH r AS MATERIALIZED (
-            SELECT n.id, to_jsonb(n) AS nj, to_jsonb(o) AS oj
-              FROM new_rows AS n
-              JOIN old_rows AS o ON o.id = n.id
-        )
-        SELECT TG_TABLE_NAME, r.id, 'UPDATE', d.fields, d.old_values, d.new_values,
-               v_actor, v_employee, crm_private.change_project(r.nj)
-          FROM r
-         CROSS JOIN LATERAL (
-              SELECT array_agg(k ORDER BY k) AS fields,
-                     jsonb_object_agg(k, r.oj -> k) AS old_values,
-                     jsonb_object_agg(k, r.nj -> k) AS new_values
-                FROM jsonb_object_keys(r.nj) AS k
-               WHERE k <> 'updated_at' AND (r.nj -> k) IS DISTINCT FROM (r.oj -> k)
-          ) AS d
-         WHERE d.fields IS NOT NULL;
-    END IF;
-    RETURN NULL;
-END
-$$;
 
 -- Trigger code only: nobody else may call them.
 REVOKE EXECUTE ON FUNCTION crm_private.assign_id(), crm_private.change_project(jsonb) FROM PUBLIC;
@@ -2591,71 +2615,6 @@ CREATE TRIGGER _400_masks AFTER UPDATE OF phone ON crm.customers__contact
 
 -- The audit trail: a group's changes are logged under its table name; anchors copied
 -- from the parent are not changes of the group (the parent's row says it).
-CREATE OR REPLACE FUNCTION crm_private.record_changes() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    v_actor name := crm_private.acting_role();
-    v_employee bigint;
-    v_columns text[];
-    -- Trigger arguments: columns whose changes alone are not logged.
-    v_quiet text[] := ARRAY['updated_at'] || coalesce(TG_ARGV, '{}'::text[]);
-BEGIN
-    -- Statement-level with transition tables: one INSERT per statement, not per row.
-    -- Each row is made jsonb once (MATERIALIZED: not recomputed at every reference).
-    SELECT e.id INTO v_employee FROM crm.employees AS e WHERE e.role_name = v_actor;
-    IF TG_OP IN ('INSERT', 'DELETE') THEN
-        SELECT array_agg(a.attname::text ORDER BY a.attname) INTO v_columns
-          FROM pg_catalog.pg_attribute AS a
-         WHERE a.attrelid = TG_RELID AND a.attnum > 0 AND NOT a.attisdropped;
-    END IF;
-
-    IF TG_OP = 'INSERT' THEN
-        INSERT INTO crm.change_log (table_name, record_id, action, changed_fields,
-                                    old_values, new_values, actor_role, actor_employee_id,
-                                    project_id)
-        WITH r AS MATERIALIZED (SELECT n.id, to_jsonb(n) AS nj FROM new_rows AS n)
-        SELECT TG_TABLE_NAME, r.id, 'INSERT', v_columns, NULL, r.nj, v_actor, v_employee,
-               crm_private.change_project(r.nj)
-          FROM r;
-    ELSIF TG_OP = 'DELETE' THEN
-        INSERT INTO crm.change_log (table_name, record_id, action, changed_fields,
-                                    old_values, new_values, actor_role, actor_employee_id,
-                                    project_id)
-        WITH r AS MATERIALIZED (SELECT o.id, to_jsonb(o) AS oj FROM old_rows AS o)
-        SELECT TG_TABLE_NAME, r.id, 'DELETE', v_columns, r.oj, NULL, v_actor, v_employee,
-               crm_private.change_project(r.oj)
-          FROM r;
-    ELSE
-        INSERT INTO crm.change_log (table_name, record_id, action, changed_fields,
-                                    old_values, new_values, actor_role, actor_employee_id,
-                                    project_id)
-        -- Compared key by key; rows where only quiet columns changed are not logged
-        -- (and are left out before the key-by-key comparison: a routing batch's group
-        -- rows change only their anchor copies).
-        WITH r AS MATERIALIZED (
-            SELECT x.id, x.nj, x.oj
-              FROM (SELECT n.id, to_jsonb(n) AS nj, to_jsonb(o) AS oj
-                      FROM new_rows AS n
-                      JOIN old_rows AS o ON o.id = n.id) AS x
-             WHERE (x.nj - v_quiet) IS DISTINCT FROM (x.oj - v_quiet)
-        )
-        SELECT TG_TABLE_NAME, r.id, 'UPDATE', d.fields, d.old_values, d.new_values,
-               v_actor, v_employee, crm_private.change_project(r.nj)
-          FROM r
-         CROSS JOIN LATERAL (
-              SELECT array_agg(k ORDER BY k) AS fields,
-                     jsonb_object_agg(k, r.oj -> k) AS old_values,
-                     jsonb_object_agg(k, r.nj -> k) AS new_values
-                FROM jsonb_object_keys(r.nj) AS k
-               WHERE k <> ALL (v_quiet) AND (r.nj -> k) IS DISTINCT FROM (r.oj -> k)
-          ) AS d
-         WHERE d.fields IS NOT NULL;
-    END IF;
-    RETURN NULL;
-END
-$$;
-
 DO $$
 DECLARE
     t text;
@@ -3144,385 +3103,10 @@ AS $$
 $$;
 COMMENT ON FUNCTION crm_private.fallback_candidates(bigint) IS 'Who takes a project''s customers the rules cannot place: active members of its triage queue (tier 0), then its admins (tier 1), with their open customers';
 
--- 3. keep_with_team under max_open, like every strategy ------------------------------
-
-CREATE OR REPLACE FUNCTION crm_private.assign_rule(p_rule_id bigint, p_now timestamptz) RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    v_strategy crm.routing_strategy;
-    v_max_open integer;
-    v_work record;
-BEGIN
-    -- One rule at a time, in rule id order across workers: its counters and loads are
-    -- read and written under this lock, so concurrent workers take turns fairly.
-    PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('crmdb routing rule'), p_rule_id::integer);
-    SELECT strategy, max_open INTO v_strategy, v_max_open FROM crm.routing_rules WHERE id = p_rule_id;
-
-    -- Water-filling: every candidate offers slots 1..n (n: this rule's customers in the
-    -- batch) keyed by what its turn/load would be after taking that many; the i-th
-    -- customer (in event order) takes the i-th smallest slot. The same as picking the
-    -- best candidate one customer at a time, in one statement.
-    WITH need AS (
-        SELECT w.event_id, row_number() OVER (ORDER BY w.event_id) AS rn
-          FROM pg_temp.routing_work AS w
-         WHERE w.rule_id = p_rule_id AND w.to_employee IS NULL AND w.excluded = '{}'
-           AND w.strategy <> 'keep_with_team'
-    ), slots AS (
-        SELECT c.employee_id,
-               CASE v_strategy
-                   WHEN 'least_loaded' THEN (c.load + s.j)::numeric
-                   WHEN 'weighted' THEN (c.assigned + s.j)::numeric / c.weight
-                   ELSE (c.assigned + s.j)::numeric
-               END AS key, s.j
-          FROM crm_private.routing_candidates(p_rule_id) AS c
-         CROSS JOIN LATERAL pg_catalog.generate_series(
-               1, least((SELECT count(*) FROM need), coalesce(c.room, 2147483647))) AS s(j)
-    ), ranked AS (
-        SELECT s.employee_id, row_number() OVER (ORDER BY s.key, s.j, s.employee_id) AS rn
-          FROM slots AS s
-    )
-    UPDATE pg_temp.routing_work AS w
-       SET to_employee = r.employee_id
-      FROM need JOIN ranked AS r ON r.rn = need.rn
-     WHERE w.event_id = need.event_id;
-
-    -- The rest one customer at a time, each pick seeing the ones before it (capacity
-    -- counts this batch's picks too): SLA hops (with people to skip) and keep_with_team,
-    -- which takes the previous owner, else the least loaded of their team, else the
-    -- target in turn; all of them only under the rule's max_open.
-    FOR v_work IN SELECT w.event_id, w.from_employee, w.project_id, w.excluded, w.strategy
-                    FROM pg_temp.routing_work AS w
-                   WHERE w.rule_id = p_rule_id AND w.to_employee IS NULL
-                     AND (w.excluded <> '{}' OR w.strategy = 'keep_with_team')
-                   ORDER BY w.event_id LOOP
-        UPDATE pg_temp.routing_work AS w
-           SET to_employee = coalesce(
-                   CASE WHEN v_work.strategy = 'keep_with_team' THEN (
-                       SELECT e.id FROM crm.employees AS prev
-                         JOIN crm.employees AS e ON e.org_unit_id = prev.org_unit_id
-                        CROSS JOIN LATERAL (
-                              SELECT (SELECT count(*) FROM crm.customers AS cu
-                                       WHERE cu.owner_id = e.id AND cu.stage <> 'lost')
-                                     + (SELECT count(*) FROM pg_temp.routing_work AS b
-                                         WHERE b.to_employee = e.id) AS n) AS open
-                        WHERE prev.id = v_work.from_employee AND e.status = 'active'
-                          AND e.id <> ALL (v_work.excluded)
-                          AND EXISTS (SELECT FROM crm.project_members AS pm
-                                       WHERE pm.project_id = v_work.project_id AND pm.employee_id = e.id)
-                          -- kept by its owner (a hand-off) it adds nothing to their load
-                          AND (v_max_open IS NULL
-                               OR open.n - (e.id = v_work.from_employee)::integer < v_max_open)
-                        ORDER BY e.id = prev.id DESC, open.n, e.id
-                        LIMIT 1)
-                   END,
-                   (SELECT c.employee_id
-                      FROM crm_private.routing_candidates(p_rule_id, v_work.excluded) AS c
-                     CROSS JOIN LATERAL (SELECT count(*) AS n FROM pg_temp.routing_work AS b
-                                          WHERE b.to_employee = c.employee_id) AS taken
-                     WHERE c.room IS NULL OR c.room > taken.n
-                     ORDER BY CASE v_strategy WHEN 'least_loaded' THEN (c.load + taken.n)::numeric
-                                              WHEN 'weighted' THEN (c.assigned + 1)::numeric / c.weight
-                                              ELSE c.assigned::numeric END, c.employee_id
-                     LIMIT 1))
-         WHERE w.event_id = v_work.event_id;
-    END LOOP;
-
-    -- Count the turns; a newcomer's counter starts level with the lowest.
-    INSERT INTO crm_private.routing_counters (rule_id, employee_id, assigned)
-    SELECT DISTINCT p_rule_id, w.to_employee,
-           coalesce((SELECT min(c.assigned) FROM crm_private.routing_counters AS c
-                      WHERE c.rule_id = p_rule_id), 0)
-      FROM pg_temp.routing_work AS w
-     WHERE w.rule_id = p_rule_id AND w.to_employee IS NOT NULL
-    ON CONFLICT (rule_id, employee_id) DO NOTHING;
-    UPDATE crm_private.routing_counters AS k
-       SET assigned = k.assigned + n.taken
-      FROM (SELECT w.to_employee, count(*) AS taken FROM pg_temp.routing_work AS w
-             WHERE w.rule_id = p_rule_id AND w.to_employee IS NOT NULL
-             GROUP BY w.to_employee) AS n
-     WHERE k.rule_id = p_rule_id AND k.employee_id = n.to_employee;
-END
-$$;
-COMMENT ON FUNCTION crm_private.assign_rule(bigint, timestamptz) IS 'Picks an owner for every batch customer routed by one rule (every strategy under max_open), under the rule''s lock, and counts the turns';
+-- 3. keep_with_team under max_open, like every strategy: in assign_rule above -----------
 
 -- 4. Nothing unowned is dropped: unmatched and overflowing customers, offboarding and
 --    escalations without a manager go to the project's triage ------------------------
-
-CREATE OR REPLACE FUNCTION crm_private.route_events(p_limit integer, p_now timestamptz DEFAULT NULL)
-RETURNS TABLE (claimed integer, assigned integer, deferred integer)
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    v_now timestamptz := coalesce(p_now, pg_catalog.clock_timestamp());
-    v_ids bigint[];
-    v_rule bigint;
-    v_work record;
-    v_assigned integer;
-    v_deferred integer;
-BEGIN
-    PERFORM crm_private.check_router();
-    IF pg_catalog.to_regclass('pg_temp.routing_work') IS NULL THEN
-        CREATE TEMP TABLE routing_work (
-            event_id bigint PRIMARY KEY, customer_id bigint NOT NULL, project_id bigint NOT NULL,
-            from_employee bigint, rule_id bigint, strategy text NOT NULL, reason text NOT NULL,
-            hop integer NOT NULL, excluded bigint[] NOT NULL, to_employee bigint
-        ) ON COMMIT DELETE ROWS;
-    END IF;
-    DELETE FROM pg_temp.routing_work;
-
-    -- 1. SLA clocks that ran out become events.
-    WITH due AS (
-        DELETE FROM crm_private.sla_timers AS t
-         WHERE t.customer_id IN (SELECT s.customer_id FROM crm_private.sla_timers AS s
-                                  WHERE s.due_at <= v_now ORDER BY s.due_at LIMIT p_limit
-                                    FOR UPDATE SKIP LOCKED)
-        RETURNING t.*
-    )
-    INSERT INTO crm_private.routing_events (kind, customer_id, employee_id, rule_id, hop, excluded, due_at)
-    SELECT 'sla_expired', d.customer_id, d.owner_id, d.rule_id, d.hop, d.excluded, v_now FROM due AS d;
-
-    -- 2. Claim due events. A customer's events go in order: one waits while an earlier
-    --    one is pending, deferred, or held by another worker.
-    v_ids := ARRAY(
-        SELECT e.id FROM crm_private.routing_events AS e
-         WHERE e.due_at <= v_now
-           AND (e.customer_id IS NULL OR NOT EXISTS (
-                SELECT FROM crm_private.routing_events AS p
-                 WHERE p.customer_id = e.customer_id AND p.id < e.id))
-         ORDER BY e.due_at, e.id
-         LIMIT p_limit
-           FOR UPDATE SKIP LOCKED);
-    IF cardinality(v_ids) = 0 THEN
-        RETURN QUERY SELECT 0, 0, 0;
-        RETURN;
-    END IF;
-
-    -- 3. Lock their customers in id order. A customer someone is changing right now is
-    --    left, with its event, for a later batch: the worker never waits on the app.
-    v_ids := ARRAY(
-        SELECT e.id FROM crm_private.routing_events AS e
-         WHERE e.id = ANY (v_ids)
-           AND (e.customer_id IS NULL
-                OR e.customer_id IN (SELECT c.id FROM crm.customers AS c
-                                      WHERE c.id IN (SELECT x.customer_id FROM crm_private.routing_events AS x
-                                                      WHERE x.id = ANY (v_ids))
-                                      ORDER BY c.id FOR UPDATE SKIP LOCKED)
-                OR NOT EXISTS (SELECT FROM crm.customers AS c WHERE c.id = e.customer_id)));
-
-    -- 4. Departures: every open customer becomes an offboard_customer event.
-    PERFORM crm_private.offboard(e.employee_id, v_now)
-       FROM crm_private.routing_events AS e
-      WHERE e.id = ANY (v_ids) AND e.kind = 'employee_status_changed' AND e.status = 'departed'
-      ORDER BY e.id;
-
-    -- 5. Owners who responded stop their SLA clock.
-    DELETE FROM crm_private.sla_timers AS t
-     USING crm_private.routing_events AS e
-     WHERE e.id = ANY (v_ids) AND e.kind = 'owner_responded'
-       AND t.customer_id = e.customer_id AND t.owner_id = e.employee_id;
-
-    -- 6. What to route, and by which rule (still applicable: the customer may have
-    --    moved on since the event). A new customer no rule matches is 'unmatched': the
-    --    project's triage takes it (below); a stage without a hand-off rule moves nothing.
-    INSERT INTO pg_temp.routing_work
-    SELECT e.id, c.id, c.project_id, c.owner_id, r.id, coalesce(r.strategy::text, 'triage'),
-           CASE WHEN e.kind = 'stage_changed' THEN 'handoff'
-                WHEN r.id IS NULL THEN 'unmatched' ELSE 'new' END, 0, '{}', NULL
-      FROM crm_private.routing_events AS e
-      JOIN crm.customers AS c ON c.id = e.customer_id
-      LEFT JOIN LATERAL (
-           SELECT r.* FROM crm.routing_rules AS r
-            WHERE r.project_id = c.project_id
-              AND crm_private.rule_matches(r, c)
-              AND CASE e.kind WHEN 'customer_created' THEN r.kind = 'assign'
-                              ELSE r.kind = 'handoff' AND r.on_stage = e.stage END
-            ORDER BY r.priority, r.id LIMIT 1) AS r ON true
-     WHERE e.id = ANY (v_ids)
-       AND ((e.kind = 'customer_created' AND c.owner_id IS NULL)
-            OR (e.kind = 'stage_changed' AND c.stage = e.stage AND r.id IS NOT NULL));
-
-    -- Offboarding: to the successor, else by the rules, else to the nearest manager.
-    INSERT INTO pg_temp.routing_work
-    SELECT e.id, c.id, c.project_id, c.owner_id,
-           CASE WHEN s.successor_id IS NULL THEN r.id END,
-           CASE WHEN s.successor_id IS NOT NULL THEN 'successor'
-                WHEN r.id IS NULL THEN 'manager' ELSE r.strategy::text END,
-           'offboarding', 0, '{}',
-           CASE WHEN s.successor_id IS NOT NULL THEN s.successor_id
-                WHEN r.id IS NULL THEN crm_private.active_manager(e.employee_id) END
-      FROM crm_private.routing_events AS e
-      JOIN crm.customers AS c ON c.id = e.customer_id AND c.owner_id = e.employee_id
-      LEFT JOIN (crm_private.successors AS s
-                 JOIN crm.employees AS se ON se.id = s.successor_id AND se.status = 'active')
-        ON s.employee_id = e.employee_id
-      LEFT JOIN LATERAL (
-           SELECT r.* FROM crm.routing_rules AS r
-            WHERE r.project_id = c.project_id
-              AND crm_private.rule_matches(r, c)
-              AND (r.kind = 'assign' OR r.on_stage = c.stage)
-            ORDER BY r.priority, r.id LIMIT 1) AS r ON true
-     WHERE e.id = ANY (v_ids) AND e.kind = 'offboard_customer';
-
-    -- SLA expiry without an activity by the owner since assignment: the next eligible
-    -- employee of the rule, or after sla_max_hops the owner's manager.
-    INSERT INTO pg_temp.routing_work
-    SELECT e.id, c.id, c.project_id, c.owner_id,
-           CASE WHEN e.hop < r.sla_max_hops THEN r.id END,
-           CASE WHEN e.hop < r.sla_max_hops THEN r.strategy::text ELSE 'manager' END,
-           CASE WHEN e.hop < r.sla_max_hops THEN 'sla' ELSE 'escalation' END,
-           CASE WHEN e.hop < r.sla_max_hops THEN e.hop + 1 ELSE e.hop END,
-           e.excluded || e.employee_id,
-           CASE WHEN e.hop >= r.sla_max_hops THEN crm_private.active_manager(e.employee_id) END
-      FROM crm_private.routing_events AS e
-      JOIN crm.customers AS c ON c.id = e.customer_id AND c.owner_id = e.employee_id
-      JOIN crm.routing_rules AS r ON r.id = e.rule_id
-     WHERE e.id = ANY (v_ids) AND e.kind = 'sla_expired'
-       AND NOT EXISTS (SELECT FROM crm.activities AS a
-                        WHERE a.customer_id = c.id AND a.employee_id = c.owner_id
-                          AND a.created_at >= c.assigned_at);
-
-    -- The planner has no statistics on a temporary table: give it the batch's size, so
-    -- that the joins below probe customers, activities and contracts by index.
-    ANALYZE pg_temp.routing_work;
-
-    -- 7. Outside the team's business hours nothing moves: wait until it opens.
-    WITH closed AS (
-        DELETE FROM pg_temp.routing_work AS w
-         USING crm.routing_rules AS r
-         WHERE r.id = w.rule_id AND w.to_employee IS NULL AND r.hours_org_unit_id IS NOT NULL
-           AND NOT crm_private.is_open(r.hours_org_unit_id, v_now)
-        RETURNING w.event_id, r.hours_org_unit_id
-    )
-    UPDATE crm_private.routing_events AS e
-       SET due_at = coalesce(crm_private.next_open(closed.hours_org_unit_id, v_now), v_now + interval '1 day')
-      FROM closed
-     WHERE e.id = closed.event_id;
-
-    -- 8. Pick owners, rule by rule in id order (the order every worker locks them in).
-    FOR v_rule IN SELECT DISTINCT w.rule_id FROM pg_temp.routing_work AS w
-                   WHERE w.rule_id IS NOT NULL AND w.to_employee IS NULL ORDER BY 1 LOOP
-        PERFORM crm_private.assign_rule(v_rule, v_now);
-    END LOOP;
-
-    -- Nobody eligible. A new customer whose rule found nobody for an hour (this is the
-    -- 12th try, 5 minutes apart) overflows to the project's triage; offboarding falls
-    -- back to the nearest active manager.
-    UPDATE pg_temp.routing_work AS w
-       SET reason = 'overflow'
-      FROM crm_private.routing_events AS e
-     WHERE e.id = w.event_id AND w.to_employee IS NULL AND w.reason = 'new'
-       AND e.attempts + 1 >= 12;
-    UPDATE pg_temp.routing_work AS w
-       SET to_employee = crm_private.active_manager(w.from_employee), strategy = 'manager', rule_id = NULL
-     WHERE w.to_employee IS NULL AND w.reason = 'offboarding';
-
-    -- The project's triage: its queue named triage, else its admins, the least loaded
-    -- first, one customer at a time (each pick counts in the next one's load). It takes
-    -- unmatched and overflowing new customers, and offboarding and SLA escalations that
-    -- found no active manager. Whatever finds nobody here either waits and retries.
-    FOR v_work IN SELECT w.event_id, w.project_id, w.from_employee FROM pg_temp.routing_work AS w
-                   WHERE w.to_employee IS NULL
-                     AND w.reason IN ('unmatched', 'overflow', 'offboarding', 'escalation')
-                   ORDER BY w.event_id LOOP
-        UPDATE pg_temp.routing_work AS w
-           SET to_employee = f.employee_id, strategy = f.strategy,
-               rule_id = CASE WHEN w.reason = 'overflow' THEN w.rule_id END
-          FROM (SELECT f.employee_id, f.strategy
-                  FROM crm_private.fallback_candidates(v_work.project_id) AS f
-                 WHERE f.employee_id IS DISTINCT FROM v_work.from_employee
-                 ORDER BY f.tier,
-                          f.open_customers + (SELECT count(*) FROM pg_temp.routing_work AS b
-                                               WHERE b.to_employee = f.employee_id),
-                          f.employee_id
-                 LIMIT 1) AS f
-         WHERE w.event_id = v_work.event_id;
-    END LOOP;
-    WITH stuck AS (
-        DELETE FROM pg_temp.routing_work AS w WHERE w.to_employee IS NULL RETURNING w.event_id
-    )
-    UPDATE crm_private.routing_events AS e
-       SET due_at = v_now + interval '5 minutes', attempts = e.attempts + 1
-      FROM stuck
-     WHERE e.id = stuck.event_id;
-
-    -- 9. Write: owner, history, open work of a departed owner, SLA clock, notifications.
-    UPDATE crm.customers AS c
-       SET owner_id = w.to_employee, org_unit_id = e.org_unit_id, assigned_at = v_now
-      FROM pg_temp.routing_work AS w
-      JOIN crm.employees AS e ON e.id = w.to_employee
-     WHERE c.id = w.customer_id;
-    GET DIAGNOSTICS v_assigned = ROW_COUNT;
-
-    INSERT INTO crm.assignment_history (customer_id, project_id, from_employee_id, to_employee_id,
-                                        rule_id, rule_name, strategy, reason, hop, event_id, at)
-    SELECT w.customer_id, w.project_id, w.from_employee, w.to_employee, w.rule_id, r.name,
-           w.strategy, w.reason, w.hop, w.event_id, v_now
-      FROM pg_temp.routing_work AS w
-      LEFT JOIN crm.routing_rules AS r ON r.id = w.rule_id;
-
-    IF EXISTS (SELECT FROM pg_temp.routing_work AS w WHERE w.reason = 'offboarding') THEN
-        UPDATE crm.activities AS a
-           SET employee_id = w.to_employee
-          FROM pg_temp.routing_work AS w
-         WHERE w.reason = 'offboarding' AND a.customer_id = w.customer_id
-           AND a.employee_id = w.from_employee AND a.done_at IS NULL
-           AND a.kind IN ('task', 'appointment');
-        UPDATE crm.contracts AS k
-           SET owner_id = w.to_employee
-          FROM pg_temp.routing_work AS w
-         WHERE w.reason = 'offboarding' AND k.customer_id = w.customer_id
-           AND k.owner_id = w.from_employee AND k.status IN ('draft', 'negotiating');
-    END IF;
-
-    DELETE FROM crm_private.sla_timers AS t USING pg_temp.routing_work AS w
-     WHERE t.customer_id = w.customer_id;
-    INSERT INTO crm_private.sla_timers (customer_id, rule_id, owner_id, assigned_at, due_at, hop, excluded)
-    SELECT w.customer_id, r.id, w.to_employee, v_now,
-           CASE WHEN r.sla_business_hours
-                THEN crm_private.add_business_minutes(r.hours_org_unit_id, v_now, r.sla_minutes)
-                ELSE v_now + pg_catalog.make_interval(mins => r.sla_minutes) END,
-           w.hop, w.excluded
-      FROM pg_temp.routing_work AS w
-      JOIN crm.routing_rules AS r ON r.id = w.rule_id
-     WHERE r.sla_minutes IS NOT NULL AND w.reason <> 'overflow';
-
-    INSERT INTO crm.notifications (employee_id, kind, customer_id, subject, details)
-    SELECT w.to_employee,
-           CASE WHEN w.reason IN ('escalation', 'overflow') OR w.strategy = 'project_admin'
-                THEN 'escalated' ELSE 'assigned' END,
-           w.customer_id,
-           CASE
-               WHEN w.reason = 'escalation' AND w.strategy <> 'manager' THEN pg_catalog.format('Customer #%s escalated to you: no response within the SLA, and no active manager', w.customer_id)
-               WHEN w.reason = 'escalation' THEN pg_catalog.format('Customer #%s escalated to you: no response within the SLA', w.customer_id)
-               WHEN w.reason = 'sla' THEN pg_catalog.format('Customer #%s reassigned to you: the previous owner did not respond in time', w.customer_id)
-               WHEN w.reason = 'unmatched' THEN pg_catalog.format('Customer #%s assigned to you: no routing rule of its project matched it', w.customer_id)
-               WHEN w.reason = 'overflow' THEN pg_catalog.format('Customer #%s assigned to you: rule %s found nobody eligible for an hour', w.customer_id, r.name)
-               WHEN w.reason = 'offboarding' AND w.strategy IN ('manager', 'triage', 'project_admin') THEN pg_catalog.format('Customer #%s of a departed colleague assigned to you: no successor or rule could take it', w.customer_id)
-               ELSE pg_catalog.format('Customer #%s assigned to you', w.customer_id)
-           END,
-           pg_catalog.jsonb_build_object('reason', w.reason, 'rule', r.name, 'strategy', w.strategy,
-                                         'from_employee_id', w.from_employee, 'hop', w.hop)
-      FROM pg_temp.routing_work AS w
-      LEFT JOIN crm.routing_rules AS r ON r.id = w.rule_id
-    UNION ALL
-    SELECT w.from_employee, 'reassigned_away', w.customer_id,
-           pg_catalog.format('Customer #%s moved to someone else: no activity logged within the SLA', w.customer_id),
-           pg_catalog.jsonb_build_object('reason', w.reason, 'rule', r.name, 'to_employee_id', w.to_employee)
-      FROM pg_temp.routing_work AS w
-      LEFT JOIN crm.routing_rules AS r ON r.id = w.rule_id
-      JOIN crm.employees AS prev ON prev.id = w.from_employee AND prev.status <> 'departed'
-     WHERE w.reason IN ('sla', 'escalation');
-
-    -- 10. Done: applied events go; deferred ones stay, due later.
-    DELETE FROM crm_private.routing_events AS e WHERE e.id = ANY (v_ids) AND e.due_at <= v_now;
-    SELECT count(*) INTO v_deferred FROM crm_private.routing_events AS e
-     WHERE e.id = ANY (v_ids) AND e.due_at > v_now;
-    DELETE FROM pg_temp.routing_work;
-    RETURN QUERY SELECT cardinality(v_ids), v_assigned, v_deferred;
-END
-$$;
-COMMENT ON FUNCTION crm_private.route_events(integer, timestamptz) IS 'The routing worker''s batch: claims up to p_limit due events (SKIP LOCKED), applies the rules (what they cannot place goes to the project''s triage), writes owners, history, SLA clocks and notifications; p_now pins the clock (tests). Callable by crmdb_owner members that are not employees';
 
 -- 5. One wake-up: a statement trigger on the event queue ------------------------------
 -- The event triggers only record events; whatever records one (the triggers, the
@@ -3544,57 +3128,6 @@ CREATE TRIGGER _900_wake AFTER INSERT ON crm_private.routing_events
     REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION crm_private.routing_events_inserted();
 COMMENT ON TRIGGER _900_wake ON crm_private.routing_events IS 'The one place that wakes the routing workers: once per transaction that recorded events';
 REVOKE EXECUTE ON FUNCTION crm_private.routing_events_inserted(), crm_private.fallback_candidates(bigint) FROM PUBLIC;
-
-CREATE OR REPLACE FUNCTION crm_private.customers_inserted_event() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    INSERT INTO crm_private.routing_events (kind, customer_id)
-    SELECT 'customer_created', n.id FROM new_rows AS n WHERE n.owner_id IS NULL;
-    RETURN NULL;
-END
-$$;
-COMMENT ON FUNCTION crm_private.customers_inserted_event() IS 'AFTER INSERT statement trigger on crm.customers: an event per customer without an owner';
-
-CREATE OR REPLACE FUNCTION crm_private.customers_stage_event() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    INSERT INTO crm_private.routing_events (kind, customer_id, stage)
-    SELECT 'stage_changed', n.id, n.stage
-      FROM new_rows AS n JOIN old_rows AS o ON o.id = n.id
-     WHERE n.stage IS DISTINCT FROM o.stage;
-    RETURN NULL;
-END
-$$;
-COMMENT ON FUNCTION crm_private.customers_stage_event() IS 'AFTER UPDATE statement trigger on crm.customers: an event per customer whose stage changed';
-
-CREATE OR REPLACE FUNCTION crm_private.activities_owner_event() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    -- Only activities that stop a running SLA clock: the owner's own, on their customer.
-    INSERT INTO crm_private.routing_events (kind, customer_id, employee_id)
-    SELECT DISTINCT 'owner_responded'::crm_private.routing_event_kind, n.customer_id, n.employee_id
-      FROM new_rows AS n
-      JOIN crm_private.sla_timers AS t ON t.customer_id = n.customer_id AND t.owner_id = n.employee_id;
-    RETURN NULL;
-END
-$$;
-COMMENT ON FUNCTION crm_private.activities_owner_event() IS 'AFTER INSERT statement trigger on crm.activities: an event when an owner responds while an SLA clock runs';
-
-CREATE OR REPLACE FUNCTION crm_private.employees_status_event() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    INSERT INTO crm_private.routing_events (kind, employee_id, status)
-    SELECT 'employee_status_changed', n.id, n.status
-      FROM new_rows AS n JOIN old_rows AS o ON o.id = n.id
-     WHERE n.status IS DISTINCT FROM o.status;
-    RETURN NULL;
-END
-$$;
-COMMENT ON FUNCTION crm_private.employees_status_event() IS 'AFTER UPDATE statement trigger on crm.employees: an event per status change (departures are offboarded)';
 
 -- Feature clusters (migration 0010) ------------------------------------------------------
 -- Each table belongs to a solution (crmdb/policies/tables.py): campaigns, segments and
@@ -4641,302 +4174,8 @@ AS $$
 $$;
 COMMENT ON FUNCTION crm_private.fallback_candidates(bigint) IS 'Who takes a project''s customers the rules cannot place: active members of its triage queue (tier 0), then its members holding a triage template (tier 1: its admins), with their open customers; queue and templates from crm.routing_settings';
 
--- The engine: SLA fallback, settings ---------------------------------------------
+-- The engine: SLA fallback, settings (route_events and assign_rule above) --------------
 
-CREATE OR REPLACE FUNCTION crm_private.route_events(p_limit integer, p_now timestamptz DEFAULT NULL)
-RETURNS TABLE (claimed integer, assigned integer, deferred integer)
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    v_now timestamptz := coalesce(p_now, pg_catalog.clock_timestamp());
-    v_ids bigint[];
-    v_rule bigint;
-    v_work record;
-    v_assigned integer;
-    v_deferred integer;
-BEGIN
-    PERFORM crm_private.check_router();
-    IF pg_catalog.to_regclass('pg_temp.routing_work') IS NULL THEN
-        CREATE TEMP TABLE routing_work (
-            event_id bigint PRIMARY KEY, customer_id bigint NOT NULL, project_id bigint NOT NULL,
-            from_employee bigint, rule_id bigint, strategy text NOT NULL, reason text NOT NULL,
-            hop integer NOT NULL, excluded bigint[] NOT NULL, to_employee bigint
-        ) ON COMMIT DELETE ROWS;
-    END IF;
-    DELETE FROM pg_temp.routing_work;
-
-    -- 1. SLA clocks that ran out become events.
-    WITH due AS (
-        DELETE FROM crm_private.sla_timers AS t
-         WHERE t.customer_id IN (SELECT s.customer_id FROM crm_private.sla_timers AS s
-                                  WHERE s.due_at <= v_now ORDER BY s.due_at LIMIT p_limit
-                                    FOR UPDATE SKIP LOCKED)
-        RETURNING t.*
-    )
-    INSERT INTO crm_private.routing_events (kind, customer_id, employee_id, rule_id, hop, excluded, due_at)
-    SELECT 'sla_expired', d.customer_id, d.owner_id, d.rule_id, d.hop, d.excluded, v_now FROM due AS d;
-
-    -- 2. Claim due events. A customer's events go in order: one waits while an earlier
-    --    one is pending, deferred, or held by another worker.
-    v_ids := ARRAY(
-        SELECT e.id FROM crm_private.routing_events AS e
-         WHERE e.due_at <= v_now
-           AND (e.customer_id IS NULL OR NOT EXISTS (
-                SELECT FROM crm_private.routing_events AS p
-                 WHERE p.customer_id = e.customer_id AND p.id < e.id))
-         ORDER BY e.due_at, e.id
-         LIMIT p_limit
-           FOR UPDATE SKIP LOCKED);
-    IF cardinality(v_ids) = 0 THEN
-        RETURN QUERY SELECT 0, 0, 0;
-        RETURN;
-    END IF;
-
-    -- 3. Lock their customers in id order. A customer someone is changing right now is
-    --    left, with its event, for a later batch: the worker never waits on the app.
-    v_ids := ARRAY(
-        SELECT e.id FROM crm_private.routing_events AS e
-         WHERE e.id = ANY (v_ids)
-           AND (e.customer_id IS NULL
-                OR e.customer_id IN (SELECT c.id FROM crm.customers AS c
-                                      WHERE c.id IN (SELECT x.customer_id FROM crm_private.routing_events AS x
-                                                      WHERE x.id = ANY (v_ids))
-                                      ORDER BY c.id FOR UPDATE SKIP LOCKED)
-                OR NOT EXISTS (SELECT FROM crm.customers AS c WHERE c.id = e.customer_id)));
-
-    -- 4. Departures: every open customer becomes an offboard_customer event.
-    PERFORM crm_private.offboard(e.employee_id, v_now)
-       FROM crm_private.routing_events AS e
-      WHERE e.id = ANY (v_ids) AND e.kind = 'employee_status_changed' AND e.status = 'departed'
-      ORDER BY e.id;
-
-    -- 5. Owners who responded stop their SLA clock.
-    DELETE FROM crm_private.sla_timers AS t
-     USING crm_private.routing_events AS e
-     WHERE e.id = ANY (v_ids) AND e.kind = 'owner_responded'
-       AND t.customer_id = e.customer_id AND t.owner_id = e.employee_id;
-
-    -- 6. What to route, and by which rule (still applicable: the customer may have
-    --    moved on since the event). A new customer no rule matches is 'unmatched': the
-    --    project's triage takes it (below); a stage without a hand-off rule moves nothing.
-    INSERT INTO pg_temp.routing_work
-    SELECT e.id, c.id, c.project_id, c.owner_id, r.id, coalesce(r.strategy::text, 'triage'),
-           CASE WHEN e.kind = 'stage_changed' THEN 'handoff'
-                WHEN r.id IS NULL THEN 'unmatched' ELSE 'new' END, 0, '{}', NULL
-      FROM crm_private.routing_events AS e
-      JOIN crm.customers AS c ON c.id = e.customer_id
-      LEFT JOIN LATERAL (
-           SELECT r.* FROM crm.routing_rules AS r
-            WHERE r.project_id = c.project_id
-              AND crm_private.rule_matches(r, c)
-              AND CASE e.kind WHEN 'customer_created' THEN r.kind = 'assign'
-                              ELSE r.kind = 'handoff' AND r.on_stage = e.stage END
-            ORDER BY r.priority, r.id LIMIT 1) AS r ON true
-     WHERE e.id = ANY (v_ids)
-       AND ((e.kind = 'customer_created' AND c.owner_id IS NULL)
-            OR (e.kind = 'stage_changed' AND c.stage = e.stage AND r.id IS NOT NULL));
-
-    -- Offboarding: to the successor, else by the rules, else to the nearest manager.
-    INSERT INTO pg_temp.routing_work
-    SELECT e.id, c.id, c.project_id, c.owner_id,
-           CASE WHEN s.successor_id IS NULL THEN r.id END,
-           CASE WHEN s.successor_id IS NOT NULL THEN 'successor'
-                WHEN r.id IS NULL THEN 'manager' ELSE r.strategy::text END,
-           'offboarding', 0, '{}',
-           CASE WHEN s.successor_id IS NOT NULL THEN s.successor_id
-                WHEN r.id IS NULL THEN crm_private.active_manager(e.employee_id) END
-      FROM crm_private.routing_events AS e
-      JOIN crm.customers AS c ON c.id = e.customer_id AND c.owner_id = e.employee_id
-      LEFT JOIN (crm_private.successors AS s
-                 JOIN crm.employees AS se ON se.id = s.successor_id AND se.status = 'active')
-        ON s.employee_id = e.employee_id
-      LEFT JOIN LATERAL (
-           SELECT r.* FROM crm.routing_rules AS r
-            WHERE r.project_id = c.project_id
-              AND crm_private.rule_matches(r, c)
-              AND (r.kind = 'assign' OR r.on_stage = c.stage)
-            ORDER BY r.priority, r.id LIMIT 1) AS r ON true
-     WHERE e.id = ANY (v_ids) AND e.kind = 'offboard_customer';
-
-    -- SLA expiry without an activity by the owner since assignment: the next eligible
-    -- employee of the rule, or after sla_max_hops the owner's manager.
-    INSERT INTO pg_temp.routing_work
-    SELECT e.id, c.id, c.project_id, c.owner_id,
-           CASE WHEN e.hop < r.sla_max_hops THEN r.id END,
-           CASE WHEN e.hop < r.sla_max_hops THEN r.strategy::text ELSE 'manager' END,
-           CASE WHEN e.hop < r.sla_max_hops THEN 'sla' ELSE 'escalation' END,
-           CASE WHEN e.hop < r.sla_max_hops THEN e.hop + 1 ELSE e.hop END,
-           e.excluded || e.employee_id,
-           CASE WHEN e.hop >= r.sla_max_hops THEN crm_private.active_manager(e.employee_id) END
-      FROM crm_private.routing_events AS e
-      JOIN crm.customers AS c ON c.id = e.customer_id AND c.owner_id = e.employee_id
-      JOIN crm.routing_rules AS r ON r.id = e.rule_id
-     WHERE e.id = ANY (v_ids) AND e.kind = 'sla_expired'
-       AND NOT EXISTS (SELECT FROM crm.activities AS a
-                        WHERE a.customer_id = c.id AND a.employee_id = c.owner_id
-                          AND a.created_at >= c.assigned_at);
-
-    -- The planner has no statistics on a temporary table: give it the batch's size, so
-    -- that the joins below probe customers, activities and contracts by index.
-    ANALYZE pg_temp.routing_work;
-
-    -- 7. Outside the team's business hours nothing moves: wait until it opens.
-    WITH closed AS (
-        DELETE FROM pg_temp.routing_work AS w
-         USING crm.routing_rules AS r
-         WHERE r.id = w.rule_id AND w.to_employee IS NULL AND r.hours_org_unit_id IS NOT NULL
-           AND NOT crm_private.is_open(r.hours_org_unit_id, v_now)
-        RETURNING w.event_id, r.hours_org_unit_id
-    )
-    UPDATE crm_private.routing_events AS e
-       SET due_at = coalesce(crm_private.next_open(closed.hours_org_unit_id, v_now), v_now + interval '1 day')
-      FROM closed
-     WHERE e.id = closed.event_id;
-
-    -- 8. Pick owners, rule by rule in id order (the order every worker locks them in).
-    FOR v_rule IN SELECT DISTINCT w.rule_id FROM pg_temp.routing_work AS w
-                   WHERE w.rule_id IS NOT NULL AND w.to_employee IS NULL ORDER BY 1 LOOP
-        PERFORM crm_private.assign_rule(v_rule, v_now);
-    END LOOP;
-
-    -- Nobody eligible. A new customer whose rule found nobody for overflow_tries tries
-    -- (crm.routing_settings; by default the 12th, 5 minutes apart: an hour) overflows to
-    -- the project's triage; offboarding falls back to the nearest active manager.
-    UPDATE pg_temp.routing_work AS w
-       SET reason = 'overflow'
-      FROM crm_private.routing_events AS e
-     WHERE e.id = w.event_id AND w.to_employee IS NULL AND w.reason = 'new'
-       AND e.attempts + 1 >= (crm_private.routing_settings_of(w.project_id)).overflow_tries;
-    UPDATE pg_temp.routing_work AS w
-       SET to_employee = crm_private.active_manager(w.from_employee), strategy = 'manager', rule_id = NULL
-     WHERE w.to_employee IS NULL AND w.reason = 'offboarding';
-    -- An SLA hop that finds nobody else eligible (everyone else already had it, is on
-    -- leave, departed or at capacity) escalates at once, as after the last hop: to the
-    -- owner's nearest active manager, else (below) the project's triage. It never waits:
-    -- the unresponsive owner would keep the customer meanwhile. The rule stays on record.
-    UPDATE pg_temp.routing_work AS w
-       SET reason = 'sla_no_eligible', strategy = 'manager', hop = w.hop - 1,
-           to_employee = crm_private.active_manager(w.from_employee)
-     WHERE w.to_employee IS NULL AND w.reason = 'sla';
-
-    -- The project's triage: its triage queue, else its admins (crm.routing_settings),
-    -- the least loaded first, one customer at a time (each pick counts in the next one's
-    -- load). It takes unmatched and overflowing new customers, and offboarding and SLA
-    -- escalations that found no active manager.
-    FOR v_work IN SELECT w.event_id, w.project_id, w.from_employee FROM pg_temp.routing_work AS w
-                   WHERE w.to_employee IS NULL
-                     AND w.reason IN ('unmatched', 'overflow', 'offboarding', 'escalation', 'sla_no_eligible')
-                   ORDER BY w.event_id LOOP
-        UPDATE pg_temp.routing_work AS w
-           SET to_employee = f.employee_id, strategy = f.strategy,
-               rule_id = CASE WHEN w.reason IN ('overflow', 'sla_no_eligible') THEN w.rule_id END
-          FROM (SELECT f.employee_id, f.strategy
-                  FROM crm_private.fallback_candidates(v_work.project_id) AS f
-                 WHERE f.employee_id IS DISTINCT FROM v_work.from_employee
-                 ORDER BY f.tier,
-                          f.open_customers + (SELECT count(*) FROM pg_temp.routing_work AS b
-                                               WHERE b.to_employee = f.employee_id),
-                          f.employee_id
-                 LIMIT 1) AS f
-         WHERE w.event_id = v_work.event_id;
-    END LOOP;
-    -- An SLA escalation that finds nobody at all (no active manager, an empty triage)
-    -- ends the chain with the owner, who is active: on record (strategy kept) and told,
-    -- with no clock to fire again. Whatever else finds nobody waits and retries.
-    UPDATE pg_temp.routing_work AS w
-       SET to_employee = w.from_employee, strategy = 'kept', rule_id = NULL
-     WHERE w.to_employee IS NULL AND w.reason IN ('escalation', 'sla_no_eligible');
-    WITH stuck AS (
-        DELETE FROM pg_temp.routing_work AS w WHERE w.to_employee IS NULL
-        RETURNING w.event_id, w.project_id
-    )
-    UPDATE crm_private.routing_events AS e
-       SET due_at = v_now + pg_catalog.make_interval(
-               mins => (crm_private.routing_settings_of(stuck.project_id)).retry_minutes),
-           attempts = e.attempts + 1
-      FROM stuck
-     WHERE e.id = stuck.event_id;
-
-    -- 9. Write: owner, history, open work of a departed owner, SLA clock, notifications.
-    UPDATE crm.customers AS c
-       SET owner_id = w.to_employee, org_unit_id = e.org_unit_id, assigned_at = v_now
-      FROM pg_temp.routing_work AS w
-      JOIN crm.employees AS e ON e.id = w.to_employee
-     WHERE c.id = w.customer_id AND w.strategy <> 'kept';
-    GET DIAGNOSTICS v_assigned = ROW_COUNT;
-
-    INSERT INTO crm.assignment_history (customer_id, project_id, from_employee_id, to_employee_id,
-                                        rule_id, rule_name, strategy, reason, hop, event_id, at)
-    SELECT w.customer_id, w.project_id, w.from_employee, w.to_employee, w.rule_id, r.name,
-           w.strategy, w.reason, w.hop, w.event_id, v_now
-      FROM pg_temp.routing_work AS w
-      LEFT JOIN crm.routing_rules AS r ON r.id = w.rule_id;
-
-    IF EXISTS (SELECT FROM pg_temp.routing_work AS w WHERE w.reason = 'offboarding') THEN
-        UPDATE crm.activities AS a
-           SET employee_id = w.to_employee
-          FROM pg_temp.routing_work AS w
-         WHERE w.reason = 'offboarding' AND a.customer_id = w.customer_id
-           AND a.employee_id = w.from_employee AND a.done_at IS NULL
-           AND a.kind IN ('task', 'appointment');
-        UPDATE crm.contracts AS k
-           SET owner_id = w.to_employee
-          FROM pg_temp.routing_work AS w
-         WHERE w.reason = 'offboarding' AND k.customer_id = w.customer_id
-           AND k.owner_id = w.from_employee AND k.status IN ('draft', 'negotiating');
-    END IF;
-
-    DELETE FROM crm_private.sla_timers AS t USING pg_temp.routing_work AS w
-     WHERE t.customer_id = w.customer_id;
-    INSERT INTO crm_private.sla_timers (customer_id, rule_id, owner_id, assigned_at, due_at, hop, excluded)
-    SELECT w.customer_id, r.id, w.to_employee, v_now,
-           CASE WHEN r.sla_business_hours
-                THEN crm_private.add_business_minutes(r.hours_org_unit_id, v_now, r.sla_minutes)
-                ELSE v_now + pg_catalog.make_interval(mins => r.sla_minutes) END,
-           w.hop, w.excluded
-      FROM pg_temp.routing_work AS w
-      JOIN crm.routing_rules AS r ON r.id = w.rule_id
-     WHERE r.sla_minutes IS NOT NULL AND w.reason NOT IN ('overflow', 'sla_no_eligible');
-
-    INSERT INTO crm.notifications (employee_id, kind, customer_id, subject, details)
-    SELECT w.to_employee,
-           CASE WHEN w.strategy = 'kept' THEN 'sla_missed'
-                WHEN w.reason IN ('escalation', 'overflow', 'sla_no_eligible') OR w.strategy = 'project_admin'
-                THEN 'escalated' ELSE 'assigned' END,
-           w.customer_id,
-           CASE
-               WHEN w.strategy = 'kept' THEN pg_catalog.format('Customer #%s: no activity logged within the SLA, and nobody could take it over (no one else eligible, no active manager, an empty triage): it stays with you', w.customer_id)
-               WHEN w.reason = 'sla_no_eligible' AND w.strategy <> 'manager' THEN pg_catalog.format('Customer #%s escalated to you: no response within the SLA, nobody else eligible under rule %s, and no active manager', w.customer_id, r.name)
-               WHEN w.reason = 'sla_no_eligible' THEN pg_catalog.format('Customer #%s escalated to you: no response within the SLA, and nobody else eligible under rule %s', w.customer_id, r.name)
-               WHEN w.reason = 'escalation' AND w.strategy <> 'manager' THEN pg_catalog.format('Customer #%s escalated to you: no response within the SLA, and no active manager', w.customer_id)
-               WHEN w.reason = 'escalation' THEN pg_catalog.format('Customer #%s escalated to you: no response within the SLA', w.customer_id)
-               WHEN w.reason = 'sla' THEN pg_catalog.format('Customer #%s reassigned to you: the previous owner did not respond in time', w.customer_id)
-               WHEN w.reason = 'unmatched' THEN pg_catalog.format('Customer #%s assigned to you: no routing rule of its project matched it', w.customer_id)
-               WHEN w.reason = 'overflow' THEN pg_catalog.format('Customer #%s assigned to you: rule %s found nobody eligible for an hour', w.customer_id, r.name)
-               WHEN w.reason = 'offboarding' AND w.strategy IN ('manager', 'triage', 'project_admin') THEN pg_catalog.format('Customer #%s of a departed colleague assigned to you: no successor or rule could take it', w.customer_id)
-               ELSE pg_catalog.format('Customer #%s assigned to you', w.customer_id)
-           END,
-           pg_catalog.jsonb_build_object('reason', w.reason, 'rule', r.name, 'strategy', w.strategy,
-                                         'from_employee_id', w.from_employee, 'hop', w.hop)
-      FROM pg_temp.routing_work AS w
-      LEFT JOIN crm.routing_rules AS r ON r.id = w.rule_id
-    UNION ALL
-    SELECT w.from_employee, 'reassigned_away', w.customer_id,
-           pg_catalog.format('Customer #%s moved to someone else: no activity logged within the SLA', w.customer_id),
-           pg_catalog.jsonb_build_object('reason', w.reason, 'rule', r.name, 'to_employee_id', w.to_employee)
-      FROM pg_temp.routing_work AS w
-      LEFT JOIN crm.routing_rules AS r ON r.id = w.rule_id
-      JOIN crm.employees AS prev ON prev.id = w.from_employee AND prev.status <> 'departed'
-     WHERE w.reason IN ('sla', 'escalation', 'sla_no_eligible') AND w.strategy <> 'kept';
-
-    -- 10. Done: applied events go; deferred ones stay, due later.
-    DELETE FROM crm_private.routing_events AS e WHERE e.id = ANY (v_ids) AND e.due_at <= v_now;
-    SELECT count(*) INTO v_deferred FROM crm_private.routing_events AS e
-     WHERE e.id = ANY (v_ids) AND e.due_at > v_now;
-    DELETE FROM pg_temp.routing_work;
-    RETURN QUERY SELECT cardinality(v_ids), v_assigned, v_deferred;
-END
-$$;
 COMMENT ON FUNCTION crm_private.route_events(integer, timestamptz) IS 'The routing worker''s batch: claims up to p_limit due events (SKIP LOCKED), applies the rules (what they cannot place goes to the project''s triage; an SLA hop with nobody eligible escalates at once), writes owners, history, SLA clocks and notifications; p_now pins the clock (tests). Callable by crmdb_owner members that are not employees';
 
 -- 3. A routed customer's org unit is the routing engine's ---------------------------
