@@ -924,6 +924,12 @@ def guard_group() -> None:
     """crmdb_guard: the server library that refuses EXPLAIN to employees."""
 
 
+def _guard_folder(target: Target) -> Path | None:
+    # The embedded server's library goes next to its data, not into this environment's
+    # copy of the server: another environment may start the same data later.
+    return target.embedded_dir.parent / "lib" if target.embedded_dir is not None else None
+
+
 def _guard_pg_config(target: Target, pg_config: Path | None) -> Path:
     if pg_config is not None:
         return pg_config
@@ -951,7 +957,7 @@ def guard_enable(dsn: str | None, pg_config: Path | None) -> None:
 
     target = target_for(dsn)
     with connect(target, autocommit=True) as conn:
-        installed = guard.install(conn, _guard_pg_config(target, pg_config))
+        installed = guard.install(conn, _guard_pg_config(target, pg_config), _guard_folder(target))
     with connect(target) as conn:
         if not guard.loaded(conn):
             raise CrmdbError(f"installed {installed}, but new sessions do not load it")
@@ -1001,7 +1007,7 @@ def demo_cmd(dsn: str | None) -> None:
 
         try:
             with connect(target, autocommit=True) as conn:
-                guard.install(conn, _guard_pg_config(target, None))
+                guard.install(conn, _guard_pg_config(target, None), _guard_folder(target))
             click.echo("\nEXPLAIN guard: crmdb_guard loaded, employees cannot EXPLAIN")
         except CrmdbError as exc:
             click.echo(f"\nEXPLAIN guard: not loaded ({exc}); see README, Security", err=True)

@@ -84,18 +84,21 @@ def pg_config_value(pg_config: Path, flag: str) -> str:
     return result.stdout.strip()
 
 
-def install(conn: psycopg.Connection, pg_config: Path) -> Path:
-    """Build crmdb_guard against `pg_config`, copy it into the server's library folder
-    and load it in every new session. The server must run on this machine, with the
-    major version of `pg_config`. `conn`: superuser, autocommit."""
+def install(conn: psycopg.Connection, pg_config: Path, folder: Path | None = None) -> Path:
+    """Build crmdb_guard against `pg_config`, copy it into `folder` (default: the
+    server's library folder) and load it in every new session, by name from the
+    library folder, else by absolute path. The server must run on this machine, with
+    the major version of `pg_config`. `conn`: superuser, autocommit."""
     built = pg_config_value(pg_config, "--version").split()[-1]  # "PostgreSQL 18.1"
     server = conn.info.server_version // 10000
     if built.split(".")[0] != str(server):
         raise CrmdbError(f"{pg_config} is PostgreSQL {built}, the server is {server}")
     library = build(pg_config)
-    folder = Path(pg_config_value(pg_config, "--pkglibdir"))
+    by_name = folder is None
+    folder = Path(pg_config_value(pg_config, "--pkglibdir")) if folder is None else folder
     installed = folder / library.name
     try:
+        folder.mkdir(mode=0o755, parents=True, exist_ok=True)
         # A new file renamed over the old one: running sessions have the old one mapped,
         # and writing into it in place would crash them.
         staged = folder / f".{library.name}.{os.getpid()}"
@@ -104,5 +107,5 @@ def install(conn: psycopg.Connection, pg_config: Path) -> Path:
         os.replace(staged, installed)
     except OSError as exc:
         raise CrmdbError(f"cannot install {library.name} into {folder}: {exc}") from None
-    enable(conn, LIBRARY)
+    enable(conn, LIBRARY if by_name else installed)
     return installed

