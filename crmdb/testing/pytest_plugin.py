@@ -47,3 +47,10 @@ def empty_db(scratch: ScratchFactory) -> Iterator[ScratchDatabase]:
         yield database
     finally:
         database.drop()
+
+
+@pytest.fixture
+def crmdb_guard(pg_cluster: Cluster) -> None:
+    """Skips the test, saying why, when crmdb_guard is not loaded on the test server."""
+    if pg_cluster.guard_missing is not None:
+        pytest.skip(f"crmdb_guard is not loaded on this server: {pg_cluster.guard_missing}")

@@ -12,13 +12,14 @@ from collections import Counter, defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 
 from attack_org import ATTACKERS, Attacker, AttackOrg, attacker_session, build_attack_org
 
-from crmdb.testing.scratch import ScratchFactory
+from crmdb.testing.scratch import TEST_PASSWORD, ScratchFactory
 
 CATEGORY = "attack_category"
 _results: dict[str, Counter[str]] = defaultdict(Counter)
@@ -118,3 +119,19 @@ def attacker(request: pytest.FixtureRequest, attack_org: AttackOrg) -> Iterator[
     """The attempt runs once as each attacker, in their own session, rolled back."""
     with attacker_session(attack_org, request.param) as attacker:
         yield attacker
+
+
+@pytest.fixture(scope="session")
+def gateway(attack_org: AttackOrg) -> str:
+    """A gateway login of the attack org (crm_admin.add_gateway)."""
+    role = attack_org.db.role("Gateway")  # mixed case: catches quoting bugs
+    with attack_org.db.connect() as conn:
+        conn.execute("SELECT crm_admin.add_gateway(%s, %s)", (role, TEST_PASSWORD))
+    return role
+
+
+@pytest.fixture
+def gw(attack_org: AttackOrg, gateway: str) -> Iterator[psycopg.Connection]:
+    """A gateway session, as an app holds it (autocommit between transactions)."""
+    with attack_org.db.connect_as(gateway) as conn:
+        yield conn

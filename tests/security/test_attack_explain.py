@@ -8,18 +8,15 @@ in every session) refuses EXPLAIN to every role with crmdb_employee's privileges
 attempts need it loaded; on a server where it is not, they skip, saying why.
 """
 
-from collections.abc import Iterator
-
 import psycopg
 import pytest
-from attack_org import ATTACKERS, AttackOrg, refused, rows
+from attack_org import ATTACKERS, refused, rows
 from psycopg import errors, sql
 
 from crmdb.db import as_role
-from crmdb.testing.cluster import Cluster
 from crmdb.testing.scratch import TEST_PASSWORD
 
-pytestmark = pytest.mark.attack("side channels")
+pytestmark = [pytest.mark.attack("side channels"), pytest.mark.usefixtures("crmdb_guard")]
 
 TARGET_QUERY = "SELECT id FROM crm.customers WHERE id = {id} AND full_name < 'M'"
 FORMS = {
@@ -29,12 +26,6 @@ FORMS = {
     "json": "EXPLAIN (FORMAT JSON, VERBOSE) {q}",
     "in a DO block": "DO $$ BEGIN EXECUTE 'EXPLAIN ANALYZE {q2}'; END $$",
 }
-
-
-@pytest.fixture(autouse=True)
-def guard(pg_cluster: Cluster) -> None:
-    if pg_cluster.guard_missing is not None:
-        pytest.skip(f"crmdb_guard is not loaded on this server: {pg_cluster.guard_missing}")
 
 
 def explain_form(form: str, target: int) -> str:
@@ -82,20 +73,6 @@ def test_guard_cannot_be_turned_off(attacker, statement):
 
 
 # Through a gateway, and who keeps EXPLAIN ---------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def gateway(attack_org: AttackOrg) -> str:
-    role = attack_org.db.role("ExplainGateway")
-    with attack_org.db.connect() as conn:
-        conn.execute("SELECT crm_admin.add_gateway(%s, %s)", (role, TEST_PASSWORD))
-    return role
-
-
-@pytest.fixture
-def gw(attack_org: AttackOrg, gateway: str) -> Iterator[psycopg.Connection]:
-    with attack_org.db.connect_as(gateway) as conn:
-        yield conn
 
 
 @pytest.mark.parametrize("key", [k for k in ATTACKERS if k != "gone"])

@@ -6,15 +6,13 @@ hands to an employee must fail closed when its role is reset or a switch fails.
 """
 
 import json
-from collections.abc import Iterator
 
 import psycopg
 import pytest
-from attack_org import ATTACKERS, VISIBLE, AttackOrg, column, refused, rows
+from attack_org import ATTACKERS, VISIBLE, column, refused, rows
 from psycopg import errors, sql
 
 from crmdb.db import as_role
-from crmdb.testing.scratch import TEST_PASSWORD
 
 pytestmark = pytest.mark.attack("identity spoofing")
 
@@ -160,21 +158,6 @@ def test_alter_own_role_settings_then_log_in(attack_org, setting):
 
 
 # Through a gateway ---------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def gateway(attack_org: AttackOrg) -> str:
-    role = attack_org.db.role("Gateway")  # mixed case: catches quoting bugs
-    with attack_org.db.connect() as conn:
-        conn.execute("SELECT crm_admin.add_gateway(%s, %s)", (role, TEST_PASSWORD))
-    return role
-
-
-@pytest.fixture
-def gw(attack_org: AttackOrg, gateway: str) -> Iterator[psycopg.Connection]:
-    """A gateway session, as an app holds it (autocommit between transactions)."""
-    with attack_org.db.connect_as(gateway) as conn:
-        yield conn
 
 
 def reaches_nothing(conn: psycopg.Connection) -> bool:

@@ -227,14 +227,12 @@ def test_explain_access_probe(attacker):
 # Residual: documented in README (Security), asserted so a change shows up ---------------
 
 
-def test_explain_analyze_cannot_tell_hidden_matches(attack_org, pg_cluster):
+def test_explain_analyze_cannot_tell_hidden_matches(attack_org, crmdb_guard):
     # PostgreSQL evaluates a leakproof condition (=, <, ...) before the policies, and
     # EXPLAIN ANALYZE would show whether rows got past it: an employee who could run
     # EXPLAIN ANALYZE would learn whether hidden rows hold a value (with `id = N`: which
     # rows, with `<` the value itself). crmdb_guard refuses EXPLAIN to employees
     # (test_attack_explain.py has every form).
-    if pg_cluster.guard_missing is not None:
-        pytest.skip(f"crmdb_guard is not loaded on this server: {pg_cluster.guard_missing}")
     query = (
         "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF, BUFFERS OFF)"
         " SELECT id FROM crm.customers WHERE full_name = %s"

@@ -71,9 +71,7 @@ def assert_found_and_fixed(
     assert [f for f in findings_of(conn, desired, kind) if f.object == obj] == []
 
 
-def test_demo_database_is_clean(demo, desired, pg_cluster):
-    if pg_cluster.guard_missing is not None:
-        pytest.skip(f"crmdb_guard is not loaded on this server: {pg_cluster.guard_missing}")
+def test_demo_database_is_clean(demo, desired, crmdb_guard):
     with demo.connect() as conn:
         # Expect no finding: migrations plus policy apply make a database lint accepts
         assert lint(conn, desired) == []
@@ -82,9 +80,7 @@ def test_demo_database_is_clean(demo, desired, pg_cluster):
     assert "0 finding(s)" in result.output
 
 
-def test_sessions_without_crmdb_guard(demo, desired, pg_cluster):
-    if pg_cluster.guard_missing is not None:
-        pytest.skip(f"crmdb_guard is not loaded on this server: {pg_cluster.guard_missing}")
+def test_sessions_without_crmdb_guard(demo, desired, crmdb_guard):
     # A superuser may start a session without the preloaded libraries: as if not installed
     uri = demo.cluster.uri(demo.name, options="-c session_preload_libraries=")
     with psycopg.connect(uri) as conn:
