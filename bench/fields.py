@@ -22,6 +22,11 @@ from crmdb.db import Target, connect, parse_dsn, resolve_target
 
 FIELDS = "phone, email, address, bank_account, tax_code, notes"
 CORE = "id, full_name, province, stage, score, created_at"
+# Every column of crm.customers an employee may select (not the groups' read copies)
+READABLE = (
+    "id, project_id, org_unit_id, owner_id, full_name, province, stage, source, score,"
+    " product_interest, created_by, assigned_at, created_at, updated_at, phone_mask"
+)
 # (name, through the view, through the base table); %(id)s: a customer the role sees
 QUERIES = (
     (
@@ -38,7 +43,7 @@ QUERIES = (
     (
         "by id",
         "SELECT * FROM crm_api.customers WHERE id = %(id)s",
-        "SELECT * FROM crm.customers WHERE id = %(id)s",
+        f"SELECT {READABLE} FROM crm.customers WHERE id = %(id)s",
     ),
 )
 TARGET = 1.2

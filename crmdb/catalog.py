@@ -17,7 +17,7 @@ from psycopg.rows import namedtuple_row
 from crmdb.queries import query
 
 CATALOG_FILE = "catalog.sql"
-DEFAULT_SCHEMAS: tuple[str, ...] = ("crm", "crm_private", "crm_admin", "crm_api")
+DEFAULT_SCHEMAS: tuple[str, ...] = ("crm", "crm_private", "crm_admin", "crm_api", "crm_vault")
 
 # Query names in sql/catalog.sql, one per category, in the order diff() reports them.
 CATEGORIES: tuple[str, ...] = (

@@ -172,16 +172,43 @@ SELECT role_name::text, org_unit, include_sub_units, employees::text[], project
  ORDER BY role_name
 
 -- template_grants --
--- Table privileges that template roles hold on crm tables
+-- Table privileges that template roles hold on crm and crm_vault tables. On a table whose
+-- rows carry read copies (columns of a crm_vault type), SELECT is held column by column:
+-- 'select' there means SELECT on its id column; a table-wide SELECT, which would show
+-- the copies, is reported as 'select (every column)' (never wanted).
 SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) AS table_name,
-       g.rolname AS role, pg_catalog.lower(a.privilege_type) AS privilege
+       g.rolname AS role,
+       CASE WHEN a.privilege_type = 'SELECT' AND n.nspname = 'crm' AND EXISTS (
+                     SELECT FROM pg_catalog.pg_attribute AS at
+                       JOIN pg_catalog.pg_type AS t ON t.oid = at.atttypid
+                      WHERE at.attrelid = c.oid AND NOT at.attisdropped
+                        AND t.typnamespace = pg_catalog.to_regnamespace('crm_vault'))
+            THEN 'select (every column)'
+            ELSE pg_catalog.lower(a.privilege_type) END AS privilege
   FROM pg_catalog.pg_class AS c
   JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
  CROSS JOIN LATERAL pg_catalog.aclexplode(c.relacl) AS a
   JOIN pg_catalog.pg_roles AS g ON g.oid = a.grantee
- WHERE n.nspname = 'crm' AND c.relkind = 'r'
+ WHERE n.nspname IN ('crm', 'crm_vault') AND c.relkind IN ('r', 'p')
    AND g.rolname LIKE 'crmdb\_tpl\_%'
+UNION
+SELECT pg_catalog.format('%I.%I', n.nspname, c.relname), g.rolname, 'select'
+  FROM pg_catalog.pg_attribute AS at
+  JOIN pg_catalog.pg_class AS c ON c.oid = at.attrelid
+  JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+ CROSS JOIN LATERAL pg_catalog.aclexplode(at.attacl) AS a
+  JOIN pg_catalog.pg_roles AS g ON g.oid = a.grantee
+ WHERE n.nspname = 'crm' AND c.relkind = 'r' AND at.attname = 'id'
+   AND a.privilege_type = 'SELECT' AND g.rolname LIKE 'crmdb\_tpl\_%'
  ORDER BY 1, 2, 3
+
+-- readable_columns --
+-- Columns of a table employees may select: all but read copies (of a crm_vault type)
+SELECT pg_catalog.array_agg(a.attname::text ORDER BY a.attnum)
+  FROM pg_catalog.pg_attribute AS a
+  JOIN pg_catalog.pg_type AS t ON t.oid = a.atttypid
+ WHERE a.attrelid = pg_catalog.to_regclass(%(table)s) AND a.attnum > 0 AND NOT a.attisdropped
+   AND t.typnamespace IS DISTINCT FROM pg_catalog.to_regnamespace('crm_vault')
 
 -- template_executes --
 -- EXECUTE privileges template roles hold on crm functions (reports), named as GRANT names
@@ -198,12 +225,12 @@ SELECT pg_catalog.format('%I.%I(%s)', n.nspname, p.proname,
  ORDER BY 1, 2
 
 -- rls_flags --
--- Row-level security flags of crm tables
+-- Row-level security flags of crm and crm_vault tables
 SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) AS table_name,
        c.relrowsecurity AS enabled, c.relforcerowsecurity AS forced
   FROM pg_catalog.pg_class AS c
   JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
- WHERE n.nspname = 'crm' AND c.relkind = 'r'
+ WHERE n.nspname IN ('crm', 'crm_vault') AND c.relkind IN ('r', 'p')
  ORDER BY 1
 
 -- managed_policies --
@@ -222,7 +249,7 @@ SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) AS table_name,
   FROM pg_catalog.pg_policy AS p
   JOIN pg_catalog.pg_class AS c ON c.oid = p.polrelid
   JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
- WHERE n.nspname = 'crm' AND p.polname NOT LIKE 'crmdb\_%'
+ WHERE n.nspname IN ('crm', 'crm_vault') AND p.polname NOT LIKE 'crmdb\_%'
  ORDER BY 1, 2
 
 -- normalised_policies --

@@ -14,7 +14,8 @@ from pathlib import Path
 from crmdb.policies.fields import core_columns, mask_column, side_table
 from crmdb.policies.model import PolicySet, Scope, SharingRule
 from crmdb.policies.render import ddl, render, sections
-from crmdb.policies.tables import ACTIONS, COMMANDS, REPORTS, TABLES, Table
+from crmdb.policies.tables import ACTIONS, COMMANDS, REPORTS, TABLES, VAULT, Table
+from crmdb.policies.vault import VaultReads, group_terms, vault_reads
 
 MAX_NAME = 63  # PostgreSQL's NAMEDATALEN - 1
 
@@ -218,6 +219,8 @@ class ApiView:
     # by whom; None where no template exports the table
     export_filter: str | None = None
     export_roles: tuple[str, ...] = ()
+    # Tables with field groups: the view reads crm_vault.<table> (crmdb/policies/vault.py)
+    vault: VaultReads | None = None
 
     @property
     def name(self) -> str:
@@ -250,6 +253,7 @@ def api_script(view: ApiView, custom: list[CustomField]) -> str:
             for g, side, columns in view.groups
         ],
         masks=view.masks,
+        vault=view.vault,
         grants=view.grants,
         export_filter=view.export_filter,
         export_roles=view.export_roles,
@@ -289,6 +293,13 @@ def _api_views(desired: Desired, policies: PolicySet, paths: list[AccessPath]) -
             {c: mask_column(c) for g in declared.values() for c in g.masks},
             grants,
         )
+        if table.name in VAULT:
+            using = {
+                p.name: (p.role, p.using)
+                for p in desired.policies.values()
+                if p.table == table.qualified and p.command == "select"
+            }
+            view = dataclasses.replace(view, vault=vault_reads(group_terms(policies, table, using)))
         exporting = [p for p in paths if p.table.name == table.name and "export" in p.actions]
         if exporting:
             view = dataclasses.replace(
@@ -299,8 +310,26 @@ def _api_views(desired: Desired, policies: PolicySet, paths: list[AccessPath]) -
         desired.api[view.name] = view
 
 
+def _vault(desired: Desired) -> None:
+    """crm_vault.<table> shows the rows of crm.<table> (its only partition) to those who
+    select crm.<table>, under the same select policies; crm_api's view reads it."""
+    for table in VAULT:
+        source, vault = f"crm.{table}", f"crm_vault.{table}"
+        for policy in list(desired.policies.values()):
+            if policy.table == source and policy.command == "select":
+                _add(desired, dataclasses.replace(policy, table=vault))
+        for (qualified, role), privileges in list(desired.grants.items()):
+            if qualified == source and "select" in privileges:
+                desired.grants[(vault, role)] = frozenset({"select"})
+
+
 def compile_policies(policies: PolicySet) -> Desired:
-    desired = Desired(tables=tuple(t.qualified for t in TABLES.values()))
+    desired = Desired(
+        tables=(
+            *(t.qualified for t in TABLES.values()),
+            *(f"crm_vault.{t}" for t in sorted(VAULT)),
+        )
+    )
     paths: list[AccessPath] = []
     for name, template in sorted(policies.templates.items()):
         role = template_role(name)
@@ -337,6 +366,7 @@ def compile_policies(policies: PolicySet) -> Desired:
         _rule_policies(desired, rule)
         _rule_group_policies(desired, rule)
     desired.rules = tuple(policies.sharing_rules)
+    _vault(desired)
     _api_views(desired, policies, paths)
     desired.access_paths = render(
         "access_paths.sql.j2",

@@ -15,6 +15,7 @@ from crmdb.db import server_error
 from crmdb.policies.compile import CustomField, Desired, PolicyDef, api_script
 from crmdb.policies.model import PolicyError, Problem
 from crmdb.policies.render import ddl
+from crmdb.policies.tables import VAULT
 from crmdb.queries import query
 
 
@@ -39,8 +40,12 @@ def _normalise(
     for policy in desired.policies.values():
         by_table[policy.table].append(policy)
     normalised: dict[tuple[str, str], tuple[str | None, str | None]] = {}
+    # crm_vault.<table> has the select policies of crm.<table>, which print the same.
+    vault = {f"crm_vault.{t}": f"crm.{t}" for t in VAULT}
     with conn.transaction(force_rollback=True):
         for table, policies in sorted(by_table.items()):
+            if table in vault:
+                continue
             # Named like the real table: pg_get_expr qualifies outer references in
             # sub-selects with the table's name, so any other name never compares equal.
             temp = table.split(".")[-1]
@@ -77,6 +82,10 @@ def _normalise(
             ).fetchall()
             for name, using_expr, check_expr in rows:
                 normalised[(table, name)] = (using_expr, check_expr)
+    for table, policies in by_table.items():
+        if table in vault:
+            for policy in policies:
+                normalised[(table, policy.name)] = normalised[(vault[table], policy.name)]
     return normalised
 
 
@@ -199,12 +208,23 @@ def make_plan(conn: psycopg.Connection, desired: Desired) -> Plan:
     held: dict[tuple[str, str], set[str]] = defaultdict(set)
     for table, role, privilege in conn.execute(query("template_grants")):
         held[(table, role)].add(privilege)
+    sealed = {f"crm.{t}" for t in VAULT}
     for key in sorted(set(held) | set(desired.grants)):
         want, have = desired.grants.get(key, frozenset()), held.get(key, set())
         if have - want:
-            out.append(ddl("revoke_table", sorted(have - want), *key))
-        if want - have:
-            out.append(ddl("grant_table", sorted(want - have), *key))
+            # 'select (every column)' is revoked as SELECT, which takes the column
+            # privileges with it
+            revoke = sorted({p.removesuffix(" (every column)") for p in have - want})
+            out.append(ddl("revoke_table", revoke, *key))
+        grant = want - have
+        if key[0] in sealed and "select" in grant:
+            # Every column but the read copies (crm_vault's views show those)
+            row = conn.execute(query("readable_columns"), {"table": key[0]}).fetchone()
+            assert row is not None and row[0], key[0]
+            out.append(ddl("grant_columns", "select", row[0], *key))
+            grant = grant - {"select"}
+        if grant:
+            out.append(ddl("grant_table", sorted(grant), *key))
 
     # Reports: EXECUTE on their functions, as the templates' `reports:` say.
     have_executes = {(f, r) for f, r in conn.execute(query("template_executes"))}

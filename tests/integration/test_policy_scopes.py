@@ -707,7 +707,9 @@ def test_customer_list_can_use_an_index(fresh):
         with org.db.connect() as conn:
             conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(org.role(key))))
             rows = conn.execute(
-                "EXPLAIN SELECT * FROM crm.customers ORDER BY created_at DESC LIMIT 50"
+                # (every column an employee may select: not the read copies of groups)
+                "EXPLAIN SELECT id, full_name, owner_id FROM crm.customers"
+                " ORDER BY created_at DESC LIMIT 50"
             )
             plans[key] = "\n".join(r[0] for r in rows)
     # Expect no sequential scan of customers for anyone: the newest 50 come from an index

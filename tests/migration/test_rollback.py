@@ -148,7 +148,7 @@ def test_rollback_drops_employee_roles_and_keeps_shared_roles(
         # The template still has its schemas, so the shared roles must survive.
         assert existing_roles(conn, list(CRMDB_ROLES)) == set(CRMDB_ROLES)
     with psycopg.connect(db.cluster.uri(template)) as conn:
-        assert crm_schemas(conn) == ["crm", "crm_admin", "crm_api", "crm_private"]
+        assert crm_schemas(conn) == ["crm", "crm_admin", "crm_api", "crm_private", "crm_vault"]
 
 
 def test_rollback_drops_employee_roles_that_hold_privileges(db: ScratchDatabase) -> None:

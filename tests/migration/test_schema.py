@@ -178,30 +178,30 @@ MUTATIONS = [
         id="column-not-null",
     ),
     pytest.param(
-        "ALTER TABLE crm.customers ALTER COLUMN product_interest TYPE varchar(200)",
-        "columns crm.customers.product_interest: data_type",
+        "ALTER TABLE crm.activities ALTER COLUMN body TYPE varchar(200)",
+        "columns crm.activities.body: data_type",
         id="column-type",
     ),
     pytest.param(
-        'ALTER TABLE crm.customers ALTER COLUMN product_interest SET DATA TYPE text COLLATE "C"',
-        "columns crm.customers.product_interest: collation",
+        'ALTER TABLE crm.activities ALTER COLUMN body SET DATA TYPE text COLLATE "C"',
+        "columns crm.activities.body: collation",
         id="column-collation",
     ),
     pytest.param(
-        "ALTER TABLE crm.customers ADD COLUMN extra integer",
-        "columns crm.customers.extra: only in changed",
+        "ALTER TABLE crm.activities ADD COLUMN extra integer",
+        "columns crm.activities.extra: only in changed",
         id="column-added",
     ),
     pytest.param(
         # Same columns, different order: to_jsonb, SELECT * and COPY would differ.
-        "ALTER TABLE crm.customers DROP COLUMN product_interest;"
-        " ALTER TABLE crm.customers ADD COLUMN product_interest text",
-        "columns crm.customers.product_interest: position",
+        "ALTER TABLE crm.activities DROP COLUMN body;"
+        " ALTER TABLE crm.activities ADD COLUMN body text",
+        "columns crm.activities.body: position",
         id="column-order",
     ),
     pytest.param(
-        "ALTER TABLE crm.contracts ALTER COLUMN id SET GENERATED ALWAYS",
-        "columns crm.contracts.id: identity",
+        "ALTER TABLE crm.activities ALTER COLUMN id SET GENERATED ALWAYS",
+        "columns crm.activities.id: identity",
         id="column-identity",
     ),
     pytest.param(

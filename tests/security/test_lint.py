@@ -345,7 +345,7 @@ def test_api_view_edited_by_hand_keeping_its_comment(broken, desired):
     # definition itself must match what the templates generate
     row = broken.execute("SELECT pg_get_viewdef('crm_api.contracts')").fetchone()
     assert row is not None
-    edited = row[0].rstrip().rstrip(";") + " WHERE r.id IS NOT NULL"
+    edited = row[0].rstrip().rstrip(";") + " WHERE contracts.id IS NOT NULL"
     broken.execute(f"CREATE OR REPLACE VIEW crm_api.contracts AS {edited}")  # type: ignore[arg-type]
     found = findings_of(broken, desired, "api_view_drift")
     assert [(f.object, f.problem) for f in found] == [
