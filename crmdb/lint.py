@@ -33,6 +33,7 @@ CATALOG_CHECKS: tuple[str, ...] = (
     "public_grants",
     "owner_policy_drift",
     "template_grants_nothing",
+    "read_copies_exposed",
     "derived_columns_writable",
     "audit_reader_without_groups",
     "explain_guard",

@@ -152,11 +152,11 @@ SELECT format('function %%s', p.oid::regprocedure),
  ORDER BY 1
 
 -- owner_policy_drift --
--- Owner policies that no longer say exactly "crmdb_owner, every row"; other policies outside crm (which templates never make)
+-- Owner policies that no longer say exactly "crmdb_owner, every row"; other policies outside crm and crm_vault (which templates never make)
 SELECT format('%%I on %%I.%%I', p.polname, n.nspname, c.relname) AS object,
        CASE WHEN p.polname = 'crmdb_owner_all'
             THEN 'the owner policy was changed: it must apply to crmdb_owner only, to every row and command'
-            ELSE 'no template generates policies outside the crm schema'
+            ELSE 'no template generates policies outside the crm and crm_vault schemas'
        END AS problem,
        format('DROP POLICY %%I ON %%I.%%I;', p.polname, n.nspname, c.relname)
        || CASE WHEN p.polname = 'crmdb_owner_all'
@@ -172,7 +172,7 @@ SELECT format('%%I on %%I.%%I', p.polname, n.nspname, c.relname) AS object,
                       AND p.polroles = ARRAY[(SELECT oid FROM pg_roles WHERE rolname = 'crmdb_owner')]::oid[]
                       AND pg_get_expr(p.polqual, p.polrelid) = 'true'
                       AND pg_get_expr(p.polwithcheck, p.polrelid) = 'true')
-            ELSE n.nspname <> 'crm'
+            ELSE n.nspname NOT IN ('crm', 'crm_vault')
        END
  ORDER BY 1
 
@@ -203,6 +203,43 @@ SELECT t.template AS object,
                          WHERE n.nspname = 'crm' AND a.grantee = r.oid
                            AND a.privilege_type = 'EXECUTE'))
  ORDER BY 1
+
+-- read_copies_exposed --
+-- Privileges that show the field groups' read copies (migration 0017) outside crm_api: USAGE on crm_vault, SELECT on crm.customers or crm.contracts as a whole, or on a copy column
+SELECT 'schema crm_vault' AS object,
+       format('%%I may name crm_vault''s tables, which show every field group''s read copy on each row it may read', r.rolname) AS problem,
+       format('REVOKE USAGE ON SCHEMA crm_vault FROM %%I;', r.rolname) AS fix
+  FROM pg_namespace AS n
+ CROSS JOIN LATERAL aclexplode(n.nspacl) AS a
+  JOIN pg_roles AS r ON r.oid = a.grantee
+ WHERE n.nspname = 'crm_vault' AND a.privilege_type = 'USAGE' AND r.rolname <> 'crmdb_owner'
+UNION ALL
+SELECT format('%%I.%%I', n.nspname, c.relname),
+       format('%%I may select the whole table, the read copies of its field groups included: every group of each row it may read', r.rolname),
+       format('REVOKE SELECT ON %%I.%%I FROM %%I;  -- crmdb policy apply grants a template role every other column again',
+              n.nspname, c.relname, r.rolname)
+  FROM pg_class AS c
+  JOIN pg_namespace AS n ON n.oid = c.relnamespace
+ CROSS JOIN LATERAL aclexplode(c.relacl) AS a
+  JOIN pg_roles AS r ON r.oid = a.grantee
+ WHERE n.nspname = 'crm' AND a.privilege_type = 'SELECT' AND r.rolname <> 'crmdb_owner'
+   AND EXISTS (SELECT FROM pg_attribute AS at
+                 JOIN pg_type AS t ON t.oid = at.atttypid
+                 JOIN pg_namespace AS tn ON tn.oid = t.typnamespace
+                WHERE at.attrelid = c.oid AND NOT at.attisdropped AND tn.nspname = 'crm_vault')
+UNION ALL
+SELECT format('%%I.%%I.%%I', n.nspname, c.relname, at.attname),
+       format('%%I may select this read copy of a field group: the group of each row it may read', r.rolname),
+       format('REVOKE SELECT (%%I) ON %%I.%%I FROM %%I;', at.attname, n.nspname, c.relname, r.rolname)
+  FROM pg_attribute AS at
+  JOIN pg_type AS t ON t.oid = at.atttypid
+  JOIN pg_namespace AS tn ON tn.oid = t.typnamespace AND tn.nspname = 'crm_vault'
+  JOIN pg_class AS c ON c.oid = at.attrelid
+  JOIN pg_namespace AS n ON n.oid = c.relnamespace AND n.nspname = 'crm'
+ CROSS JOIN LATERAL aclexplode(at.attacl) AS a
+  JOIN pg_roles AS r ON r.oid = a.grantee
+ WHERE NOT at.attisdropped AND a.privilege_type = 'SELECT' AND r.rolname <> 'crmdb_owner'
+ ORDER BY 1, 2
 
 -- derived_columns_writable --
 -- Anchor copies of field-group tables and stored masks that an employee role may write, with no crmdb trigger refusing it

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 import psycopg
 import pytest
 from click.testing import CliRunner
+from psycopg import sql
 
 from crmdb.cli import main
 from crmdb.demo import load_demo
@@ -439,6 +440,28 @@ def test_side_rows_missing(broken, desired):
         "crm.contracts__financial",
         'INSERT INTO "crm"."contracts__financial" (id, "project_id", "owner_id", "customer_id")',
     )
+
+
+@pytest.mark.parametrize(
+    ("grant", "obj", "fix"),
+    [
+        (
+            "GRANT USAGE ON SCHEMA crm_vault TO {}",
+            "schema crm_vault",
+            "REVOKE USAGE ON SCHEMA crm_vault FROM",
+        ),
+        ("GRANT SELECT ON crm.customers TO {}", "crm.customers", "REVOKE SELECT ON crm.customers"),
+        (
+            "GRANT SELECT (financial_copy) ON crm.contracts TO {}",
+            "crm.contracts.financial_copy",
+            "REVOKE SELECT (financial_copy) ON crm.contracts",
+        ),
+    ],
+)
+def test_read_copies_exposed(broken, desired, employee, grant, obj, fix):
+    # Each of these shows every field group of the rows the employee may read
+    broken.execute(sql.SQL(grant).format(sql.Identifier(employee)))  # type: ignore[arg-type]
+    assert_found_and_fixed(broken, desired, "read_copies_exposed", obj, fix)
 
 
 def test_anchor_copies_writable_without_their_guard(broken, desired):
