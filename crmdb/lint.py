@@ -19,6 +19,7 @@ from crmdb.catalog import DEFAULT_SCHEMAS
 from crmdb.policies.compile import CustomField, Desired, api_script
 from crmdb.policies.plan import policy_changes
 from crmdb.policies.render import ddl
+from crmdb.policies.tables import SIDE_TABLES
 from crmdb.queries import query
 
 LINT_FILE = "lint.sql"
@@ -76,6 +77,7 @@ def lint(conn: psycopg.Connection, desired: Desired) -> list[Finding]:
                 findings.append(Finding(kind, obj, problem, fix))
         findings += api_drift(conn, desired)
         findings += side_rows_out_of_step(conn)
+        findings += copies_out_of_step(conn)
         findings += masks_out_of_step(conn, desired)
     return findings
 
@@ -186,6 +188,30 @@ def side_rows_out_of_step(conn: psycopg.Connection) -> list[Finding]:
             )
             fix = query("fix_side_rows", LINT_FILE).format(**names).as_string(conn)
             found.append(Finding("side_rows_out_of_step", where, problem, fix))
+    return found
+
+
+def copies_out_of_step(conn: psycopg.Connection) -> list[Finding]:
+    """Rows whose read copy of a group differs from the group's row: crm_api shows the
+    copy (a load with the side tables' triggers disabled leaves it behind)."""
+    found: list[Finding] = []
+    for side in SIDE_TABLES.values():
+        assert side.parent and side.group
+        names = {
+            "parent": sql.Identifier("crm", side.parent),
+            "side": sql.Identifier("crm", side.name),
+            "copy": sql.Identifier(f"{side.group}_copy"),
+            "values": sql.SQL(", ").join(sql.Identifier("s", c) for c in side.values),
+            "type": sql.Identifier("crm_vault", f"{side.parent}_{side.group}"),
+        }
+        row = conn.execute(query("copies_out_of_step", LINT_FILE).format(**names)).fetchone()
+        if row is not None and row[0]:
+            problem = (
+                f"{row[0]} row(s) of crm.{side.parent} whose {side.group}_copy differs from"
+                f" crm.{side.name}: crm_api shows the copy"
+            )
+            fix = query("fix_copies", LINT_FILE).format(**names).as_string(conn)
+            found.append(Finding("copies_out_of_step", f"crm.{side.name}", problem, fix))
     return found
 
 

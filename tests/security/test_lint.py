@@ -425,6 +425,25 @@ def test_side_rows_with_anchors_out_of_step(broken, desired):
     )
 
 
+def test_read_copies_out_of_step(broken, desired):
+    # A load that bypassed the side tables' triggers: three rows' copies are stale
+    broken.execute(
+        "UPDATE crm.customers SET financial_copy = NULL WHERE id IN"
+        " (SELECT id FROM crm.customers ORDER BY id LIMIT 3)"
+    )
+    found = findings_of(broken, desired, "copies_out_of_step")
+    assert [(f.object, f.problem.split(" row(s)")[0]) for f in found] == [
+        ("crm.customers__financial", "3")
+    ]
+    assert_found_and_fixed(
+        broken,
+        desired,
+        "copies_out_of_step",
+        "crm.customers__financial",
+        'UPDATE "crm"."customers" AS p SET "financial_copy" = ROW(',
+    )
+
+
 def test_side_rows_missing(broken, desired):
     broken.execute(
         "DELETE FROM crm.contracts__financial WHERE id IN"
