@@ -65,44 +65,112 @@ def group_terms(
     return terms
 
 
+# A template policy's USING as scopes.sql.j2 renders it: the template's guard, then the
+# scope's predicate.
+_PROJECT_GUARD = re.compile(
+    r"^(?P<column>\w+) = ANY \(\(SELECT crm_private\.project_ids\(current_user, "
+    r"(?P<template>'(?:[^']|'')*')\)\)::bigint\[\]\) AND (?P<predicate>.*)$",
+    re.S,
+)
+_TEMPLATE_GUARD = re.compile(
+    r"^\(SELECT crm_private\.has_template\(current_user, (?P<template>'(?:[^']|'')*')\)\)"
+    r" AND (?P<predicate>.*)$",
+    re.S,
+)
+
+
 def vault_reads(terms: dict[str, list[Term]]) -> VaultReads:
-    """Hoists the helper calls of every term into the scope subquery."""
-    roles: dict[str, str] = {}  # role -> scope column saying the caller holds it
-    helpers: dict[str, tuple[str, set[str]]] = {}  # call -> (column, roles needing it)
+    """Merges the terms that differ only in their template's guard, and hoists every
+    helper call into the scope subquery.
 
-    def hoist(term: Term) -> str:
-        role_column = roles.setdefault(term.role, f"crmdb_r{len(roles) + 1}")
+    Templates share scope kinds ("own", "shared"...), so most of a group's terms say
+    "<the template's projects> AND <the same predicate>". Merged, the predicate is
+    written once, after the projects of every template whose scope has it (each
+    template's projects are a column of the scope row: NULL unless the caller holds
+    the template): a handful of terms whatever the number of templates. PostgreSQL
+    plans each group column's copy of the predicate, so its size is planning time."""
+    columns: dict[str, str] = {}  # SQL computed once per statement -> scope column
 
-        def replace(m: re.Match[str]) -> str:
-            column, needed = helpers.setdefault(m.group(1), (f"crmdb_h{len(helpers) + 1}", set()))
-            needed.add(role_column)
-            return f"{SCOPE_ALIAS}.{column}"
+    def scope_column(expr: str, prefix: str) -> str:
+        return columns.setdefault(expr, f"crmdb_{prefix}{len(columns) + 1}")
 
-        return f"({SCOPE_ALIAS}.{role_column} AND ({_HELPER.sub(replace, term.using)}))"
-
-    predicates = {
-        group: " OR ".join(hoist(t) for t in group_terms) if group_terms else "false"
-        for group, group_terms in terms.items()
-    }
-    role_sql = {column: role for role, column in roles.items()}
-    columns = [
-        f"pg_catalog.pg_has_role(current_user, {_literal(role)}, 'USAGE') AS {column}"
-        for column, role in role_sql.items()
-    ]
-    for call, (column, needed) in helpers.items():
-        # Only for whoever holds a role whose policy calls it (an employee of one
-        # template pays for that template's helpers, as with the policies).
-        held = " OR ".join(
-            f"pg_catalog.pg_has_role(current_user, {_literal(role_sql[c])}, 'USAGE')"
-            for c in sorted(needed)
+    def holds(roles: set[str]) -> str:
+        return " OR ".join(
+            f"pg_catalog.pg_has_role(current_user, {_literal(r)}, 'USAGE')" for r in sorted(roles)
         )
-        columns.append(f"CASE WHEN {held} THEN {call} END AS {column}")
-    if not columns:
-        columns = ["true AS crmdb_none"]
+
+    def hoist(predicate: str, roles: set[str]) -> str:
+        # A helper runs only for whoever holds a role whose term calls it (an employee
+        # of one template pays for that template's helpers, as with the policies).
+        def replace(m: re.Match[str]) -> str:
+            return f"{SCOPE_ALIAS}.{scope_column(m.group(1), 'h')}"
+
+        hoisted = _HELPER.sub(replace, predicate)
+        for call, column in list(columns.items()):
+            if f"{SCOPE_ALIAS}.{column}" in hoisted and column in needed:
+                needed[column] |= roles
+            elif f"{SCOPE_ALIAS}.{column}" in hoisted:
+                needed[column] = set(roles)
+        return hoisted
+
+    needed: dict[str, set[str]] = {}  # helper column -> roles whose terms call it
+    predicates: dict[str, str] = {}
+    for group, group_terms in terms.items():
+        # (column, predicate) -> {role: template literal}, predicate -> roles, and terms
+        # kept whole (sharing rules, any other shape)
+        by_projects: dict[tuple[str, str], dict[str, str]] = {}
+        by_template: dict[str, dict[str, str]] = {}
+        whole: list[Term] = []
+        for term in group_terms:
+            if m := _PROJECT_GUARD.match(term.using):
+                key = (m["column"], m["predicate"])
+                by_projects.setdefault(key, {})[term.role] = m["template"]
+            elif m := _TEMPLATE_GUARD.match(term.using):
+                by_template.setdefault(m["predicate"], {})[term.role] = m["template"]
+            else:
+                whole.append(term)
+        parts: list[str] = []
+        for (column, predicate), templates in by_projects.items():
+            # Each template's projects once per statement (a column per template), the
+            # projects of every template with this predicate ORed
+            projects = " OR ".join(
+                f"{column} = ANY ({SCOPE_ALIAS}."
+                + scope_column(
+                    f"CASE WHEN {holds({role})}"
+                    f" THEN crm_private.project_ids(current_user, {tpl}) END",
+                    "p",
+                )
+                + ")"
+                for role, tpl in sorted(templates.items())
+            )
+            body = hoist(predicate, set(templates))
+            if len(templates) > 1:
+                projects = f"({projects})"
+            parts.append(f"({projects}" + ("" if body == "true" else f" AND ({body})") + ")")
+        for predicate, templates in by_template.items():
+            held = " OR ".join(
+                f"({holds({role})} AND crm_private.has_template(current_user, {tpl}))"
+                for role, tpl in sorted(templates.items())
+            )
+            flag = scope_column(f"coalesce({held}, false)", "t")
+            body = hoist(predicate, set(templates))
+            parts.append(f"({SCOPE_ALIAS}.{flag}" + ("" if body == "true" else f" AND ({body})") + ")")
+        for term in whole:
+            flag = scope_column(holds({term.role}), "r")
+            parts.append(f"({SCOPE_ALIAS}.{flag} AND ({hoist(term.using, {term.role})}))")
+        predicates[group] = " OR ".join(parts) if parts else "false"
+
+    select = []
+    for expr, column in columns.items():
+        if column in needed:  # a helper: only for the roles that need it
+            expr = f"CASE WHEN {holds(needed[column])} THEN {expr} END"
+        select.append(f"{expr} AS {column}")
+    if not select:
+        select = ["true AS crmdb_none"]
     # HAVING true: a grouped query without GROUP BY is one row, so the planner neither
     # pulls it up (which would copy each call into every reference) nor keeps the join
     # where no column of it is read (a count(*)).
-    scope = "SELECT " + ",\n       ".join(columns) + "\n HAVING true"
+    scope = "SELECT " + ",\n       ".join(select) + "\n HAVING true"
     return VaultReads(scope, predicates)
 
 
