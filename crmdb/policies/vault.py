@@ -103,15 +103,11 @@ def vault_reads(terms: dict[str, list[Term]]) -> VaultReads:
         # A helper runs only for whoever holds a role whose term calls it (an employee
         # of one template pays for that template's helpers, as with the policies).
         def replace(m: re.Match[str]) -> str:
-            return f"{SCOPE_ALIAS}.{scope_column(m.group(1), 'h')}"
+            column = scope_column(m.group(1), "h")
+            needed.setdefault(column, set()).update(roles)
+            return f"{SCOPE_ALIAS}.{column}"
 
-        hoisted = _HELPER.sub(replace, predicate)
-        for call, column in list(columns.items()):
-            if f"{SCOPE_ALIAS}.{column}" in hoisted and column in needed:
-                needed[column] |= roles
-            elif f"{SCOPE_ALIAS}.{column}" in hoisted:
-                needed[column] = set(roles)
-        return hoisted
+        return _HELPER.sub(replace, predicate)
 
     needed: dict[str, set[str]] = {}  # helper column -> roles whose terms call it
     predicates: dict[str, str] = {}
@@ -154,7 +150,8 @@ def vault_reads(terms: dict[str, list[Term]]) -> VaultReads:
             )
             flag = scope_column(f"coalesce({held}, false)", "t")
             body = hoist(predicate, set(templates))
-            parts.append(f"({SCOPE_ALIAS}.{flag}" + ("" if body == "true" else f" AND ({body})") + ")")
+            rest = "" if body == "true" else f" AND ({body})"
+            parts.append(f"({SCOPE_ALIAS}.{flag}{rest})")
         for term in whole:
             flag = scope_column(holds({term.role}), "r")
             parts.append(f"({SCOPE_ALIAS}.{flag} AND ({hoist(term.using, {term.role})}))")
