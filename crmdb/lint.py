@@ -201,8 +201,6 @@ def copies_out_of_step(conn: psycopg.Connection) -> list[Finding]:
             "parent": sql.Identifier("crm", side.parent),
             "side": sql.Identifier("crm", side.name),
             "copy": sql.Identifier(f"{side.group}_copy"),
-            "values": sql.SQL(", ").join(sql.Identifier("s", c) for c in side.values),
-            "type": sql.Identifier("crm_vault", f"{side.parent}_{side.group}"),
         }
         row = conn.execute(query("copies_out_of_step", LINT_FILE).format(**names)).fetchone()
         if row is not None and row[0]:

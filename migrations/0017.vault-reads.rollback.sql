@@ -39,6 +39,8 @@ BEGIN
 END
 $$;
 DROP FUNCTION crm_private.copy_field_values();
+DROP FUNCTION crm_private.copy_of(crm.customers__contact), crm_private.copy_of(crm.customers__financial),
+    crm_private.copy_of(crm.customers__internal_notes), crm_private.copy_of(crm.contracts__financial);
 
 DROP TRIGGER _040_keep_derived ON crm.contracts;
 DROP TRIGGER _040_keep_derived ON crm.customers;

@@ -98,13 +98,42 @@ COMMENT ON COLUMN crm.customers.financial_copy IS 'Read copy of the financial gr
 COMMENT ON COLUMN crm.customers.internal_notes_copy IS 'Read copy of the internal_notes group (crm.customers__internal_notes); no employee may select it: crm_api.customers shows it where the group''s predicates allow';
 COMMENT ON COLUMN crm.contracts.financial_copy IS 'Read copy of the financial group (crm.contracts__financial); no employee may select it: crm_api.contracts shows it where the group''s predicates allow';
 
+-- A group's copy as its row says it: NULL while a customer's group is empty (no value,
+-- no custom field), so the empty rows made with each new customer write nothing back.
+-- A contract's money is never empty (amount defaults to 0).
+CREATE FUNCTION crm_private.copy_of(g crm.customers__contact) RETURNS crm_vault.customers_contact
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN CASE WHEN num_nonnulls(g.phone, g.email, g.address) > 0 OR g.custom <> '{}'
+            THEN ROW(g.phone, g.email, g.address, g.custom)::crm_vault.customers_contact END;
+CREATE FUNCTION crm_private.copy_of(g crm.customers__financial) RETURNS crm_vault.customers_financial
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN CASE WHEN num_nonnulls(g.bank_account, g.bank_name, g.tax_code, g.financial_notes) > 0
+                 OR g.custom <> '{}'
+            THEN ROW(g.bank_account, g.bank_name, g.tax_code, g.financial_notes,
+                     g.custom)::crm_vault.customers_financial END;
+CREATE FUNCTION crm_private.copy_of(g crm.customers__internal_notes) RETURNS crm_vault.customers_internal_notes
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN CASE WHEN g.notes IS NOT NULL OR g.custom <> '{}'
+            THEN ROW(g.notes, g.custom)::crm_vault.customers_internal_notes END;
+CREATE FUNCTION crm_private.copy_of(g crm.contracts__financial) RETURNS crm_vault.contracts_financial
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN ROW(g.amount, g.payment_method, g.bank_account, g.bank_name,
+           g.custom)::crm_vault.contracts_financial;
+COMMENT ON FUNCTION crm_private.copy_of(crm.customers__contact) IS 'The read copy of a customer''s contact group (NULL while empty)';
+COMMENT ON FUNCTION crm_private.copy_of(crm.customers__financial) IS 'The read copy of a customer''s financial group (NULL while empty)';
+COMMENT ON FUNCTION crm_private.copy_of(crm.customers__internal_notes) IS 'The read copy of a customer''s internal notes group (NULL while empty)';
+COMMENT ON FUNCTION crm_private.copy_of(crm.contracts__financial) IS 'The read copy of a contract''s financial group';
+REVOKE EXECUTE ON FUNCTION crm_private.copy_of(crm.customers__contact),
+    crm_private.copy_of(crm.customers__financial), crm_private.copy_of(crm.customers__internal_notes),
+    crm_private.copy_of(crm.contracts__financial) FROM PUBLIC;
+
 -- Fill the copies without firing the update triggers: nothing the rows say changed.
 ALTER TABLE crm.customers DISABLE TRIGGER _100_touch, DISABLE TRIGGER _410_field_anchors,
     DISABLE TRIGGER _500_audit_update, DISABLE TRIGGER _600_routing_update;
 UPDATE crm.customers AS p
-   SET contact_copy = ROW(c.phone, c.email, c.address, c.custom),
-       financial_copy = ROW(f.bank_account, f.bank_name, f.tax_code, f.financial_notes, f.custom),
-       internal_notes_copy = ROW(i.notes, i.custom)
+   SET contact_copy = crm_private.copy_of(c),
+       financial_copy = crm_private.copy_of(f),
+       internal_notes_copy = crm_private.copy_of(i)
   FROM crm.customers__contact AS c
   JOIN crm.customers__financial AS f ON f.id = c.id
   JOIN crm.customers__internal_notes AS i ON i.id = c.id
@@ -114,7 +143,7 @@ ALTER TABLE crm.customers ENABLE TRIGGER _100_touch, ENABLE TRIGGER _410_field_a
 ALTER TABLE crm.contracts DISABLE TRIGGER _100_touch, DISABLE TRIGGER _410_field_anchors,
     DISABLE TRIGGER _500_audit_update, DISABLE TRIGGER _700_automation_update;
 UPDATE crm.contracts AS p
-   SET financial_copy = ROW(f.amount, f.payment_method, f.bank_account, f.bank_name, f.custom)
+   SET financial_copy = crm_private.copy_of(f)
   FROM crm.contracts__financial AS f
  WHERE p.id = f.id;
 ALTER TABLE crm.contracts ENABLE TRIGGER _100_touch, ENABLE TRIGGER _410_field_anchors,
@@ -130,32 +159,38 @@ BEGIN
     IF NOT EXISTS (SELECT FROM new_rows) THEN
         RETURN NULL;
     END IF;
+    -- Rows of a transition table are records: each branch names its table's row type.
+    -- Only when a copy changes: an UPDATE of no row still fires the parent's statement
+    -- triggers (the audit, anchor copies, routing), and the group rows made empty with
+    -- each new customer, or whose anchors alone moved, change no copy.
     IF TG_TABLE_NAME = 'customers__contact' THEN
-        UPDATE crm.customers AS p
-           SET contact_copy = ROW(n.phone, n.email, n.address, n.custom)
-          FROM new_rows AS n
-         WHERE p.id = n.id
-           AND p.contact_copy IS DISTINCT FROM ROW(n.phone, n.email, n.address, n.custom)::crm_vault.customers_contact;
+        IF EXISTS (SELECT FROM new_rows AS n JOIN crm.customers AS p ON p.id = n.id
+                    WHERE p.contact_copy IS DISTINCT FROM crm_private.copy_of(ROW(n.*)::crm.customers__contact)) THEN
+            UPDATE crm.customers AS p SET contact_copy = crm_private.copy_of(ROW(n.*)::crm.customers__contact)
+              FROM new_rows AS n
+             WHERE p.id = n.id AND p.contact_copy IS DISTINCT FROM crm_private.copy_of(ROW(n.*)::crm.customers__contact);
+        END IF;
     ELSIF TG_TABLE_NAME = 'customers__financial' THEN
-        UPDATE crm.customers AS p
-           SET financial_copy = ROW(n.bank_account, n.bank_name, n.tax_code, n.financial_notes, n.custom)
-          FROM new_rows AS n
-         WHERE p.id = n.id
-           AND p.financial_copy IS DISTINCT FROM
-               ROW(n.bank_account, n.bank_name, n.tax_code, n.financial_notes, n.custom)::crm_vault.customers_financial;
+        IF EXISTS (SELECT FROM new_rows AS n JOIN crm.customers AS p ON p.id = n.id
+                    WHERE p.financial_copy IS DISTINCT FROM crm_private.copy_of(ROW(n.*)::crm.customers__financial)) THEN
+            UPDATE crm.customers AS p SET financial_copy = crm_private.copy_of(ROW(n.*)::crm.customers__financial)
+              FROM new_rows AS n
+             WHERE p.id = n.id AND p.financial_copy IS DISTINCT FROM crm_private.copy_of(ROW(n.*)::crm.customers__financial);
+        END IF;
     ELSIF TG_TABLE_NAME = 'customers__internal_notes' THEN
-        UPDATE crm.customers AS p
-           SET internal_notes_copy = ROW(n.notes, n.custom)
-          FROM new_rows AS n
-         WHERE p.id = n.id
-           AND p.internal_notes_copy IS DISTINCT FROM ROW(n.notes, n.custom)::crm_vault.customers_internal_notes;
+        IF EXISTS (SELECT FROM new_rows AS n JOIN crm.customers AS p ON p.id = n.id
+                    WHERE p.internal_notes_copy IS DISTINCT FROM crm_private.copy_of(ROW(n.*)::crm.customers__internal_notes)) THEN
+            UPDATE crm.customers AS p SET internal_notes_copy = crm_private.copy_of(ROW(n.*)::crm.customers__internal_notes)
+              FROM new_rows AS n
+             WHERE p.id = n.id AND p.internal_notes_copy IS DISTINCT FROM crm_private.copy_of(ROW(n.*)::crm.customers__internal_notes);
+        END IF;
     ELSIF TG_TABLE_NAME = 'contracts__financial' THEN
-        UPDATE crm.contracts AS p
-           SET financial_copy = ROW(n.amount, n.payment_method, n.bank_account, n.bank_name, n.custom)
-          FROM new_rows AS n
-         WHERE p.id = n.id
-           AND p.financial_copy IS DISTINCT FROM
-               ROW(n.amount, n.payment_method, n.bank_account, n.bank_name, n.custom)::crm_vault.contracts_financial;
+        IF EXISTS (SELECT FROM new_rows AS n JOIN crm.contracts AS p ON p.id = n.id
+                    WHERE p.financial_copy IS DISTINCT FROM crm_private.copy_of(ROW(n.*)::crm.contracts__financial)) THEN
+            UPDATE crm.contracts AS p SET financial_copy = crm_private.copy_of(ROW(n.*)::crm.contracts__financial)
+              FROM new_rows AS n
+             WHERE p.id = n.id AND p.financial_copy IS DISTINCT FROM crm_private.copy_of(ROW(n.*)::crm.contracts__financial);
+        END IF;
     END IF;
     RETURN NULL;
 END

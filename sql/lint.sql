@@ -371,14 +371,14 @@ INSERT INTO {side} (id, {anchors}) SELECT p.id, {parent_anchors} FROM {parent} A
  WHERE NOT EXISTS (SELECT FROM {side} AS s WHERE s.id = p.id);
 
 -- copies_out_of_step --
--- Rows whose read copy of a field group (what crm_api shows) differs from the group's row ({parent}, {side}, {copy}, {values}, {type} formatted by crmdb/lint.py)
+-- Rows whose read copy of a field group (what crm_api shows) differs from the group's row ({parent}, {side}, {copy} formatted by crmdb/lint.py)
 SELECT count(*) FROM {parent} AS p JOIN {side} AS s ON s.id = p.id
- WHERE p.{copy} IS DISTINCT FROM ROW({values})::{type}
+ WHERE p.{copy} IS DISTINCT FROM crm_private.copy_of(s)
 
 -- fix_copies --
 -- The statement that copies the groups' values into their rows again (formatted as above)
-UPDATE {parent} AS p SET {copy} = ROW({values}) FROM {side} AS s
- WHERE s.id = p.id AND p.{copy} IS DISTINCT FROM ROW({values})::{type};
+UPDATE {parent} AS p SET {copy} = crm_private.copy_of(s) FROM {side} AS s
+ WHERE s.id = p.id AND p.{copy} IS DISTINCT FROM crm_private.copy_of(s);
 
 -- masks_out_of_step --
 -- Stored masks that differ from the mask of the value ({parent}, {side}, {column}, {mask} formatted by crmdb/lint.py; %(keep)s)
