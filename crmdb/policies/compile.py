@@ -293,7 +293,7 @@ def _api_views(desired: Desired, policies: PolicySet, paths: list[AccessPath]) -
             {c: mask_column(c) for g in declared.values() for c in g.masks},
             grants,
         )
-        if table.name in VAULT:
+        if table.qualified in VAULT:
             using = {
                 p.name: (p.role, p.using)
                 for p in desired.policies.values()
@@ -313,8 +313,7 @@ def _api_views(desired: Desired, policies: PolicySet, paths: list[AccessPath]) -
 def _vault(desired: Desired) -> None:
     """crm_vault.<table> shows the rows of crm.<table> (its only partition) to those who
     select crm.<table>, under the same select policies; crm_api's view reads it."""
-    for table in VAULT:
-        source, vault = f"crm.{table}", f"crm_vault.{table}"
+    for source, vault in VAULT.items():
         for policy in list(desired.policies.values()):
             if policy.table == source and policy.command == "select":
                 _add(desired, dataclasses.replace(policy, table=vault))
@@ -327,7 +326,7 @@ def compile_policies(policies: PolicySet) -> Desired:
     desired = Desired(
         tables=(
             *(t.qualified for t in TABLES.values()),
-            *(f"crm_vault.{t}" for t in sorted(VAULT)),
+            *sorted(VAULT.values()),
         )
     )
     paths: list[AccessPath] = []

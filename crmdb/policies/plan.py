@@ -41,7 +41,7 @@ def _normalise(
         by_table[policy.table].append(policy)
     normalised: dict[tuple[str, str], tuple[str | None, str | None]] = {}
     # crm_vault.<table> has the select policies of crm.<table>, which print the same.
-    vault = {f"crm_vault.{t}": f"crm.{t}" for t in VAULT}
+    vault = {v: source for source, v in VAULT.items()}
     with conn.transaction(force_rollback=True):
         for table, policies in sorted(by_table.items()):
             if table in vault:
@@ -208,7 +208,7 @@ def make_plan(conn: psycopg.Connection, desired: Desired) -> Plan:
     held: dict[tuple[str, str], set[str]] = defaultdict(set)
     for table, role, privilege in conn.execute(query("template_grants")):
         held[(table, role)].add(privilege)
-    sealed = {f"crm.{t}" for t in VAULT}
+    readable: dict[str, list[str]] = {}  # table -> its columns but the read copies
     for key in sorted(set(held) | set(desired.grants)):
         want, have = desired.grants.get(key, frozenset()), held.get(key, set())
         if have - want:
@@ -217,11 +217,13 @@ def make_plan(conn: psycopg.Connection, desired: Desired) -> Plan:
             revoke = sorted({p.removesuffix(" (every column)") for p in have - want})
             out.append(ddl("revoke_table", revoke, *key))
         grant = want - have
-        if key[0] in sealed and "select" in grant:
+        if key[0] in VAULT and "select" in grant:
             # Every column but the read copies (crm_vault's views show those)
-            row = conn.execute(query("readable_columns"), {"table": key[0]}).fetchone()
-            assert row is not None and row[0], key[0]
-            out.append(ddl("grant_columns", "select", row[0], *key))
+            if key[0] not in readable:
+                row = conn.execute(query("readable_columns"), {"table": key[0]}).fetchone()
+                assert row is not None and row[0], key[0]
+                readable[key[0]] = row[0]
+            out.append(ddl("grant_columns", "select", readable[key[0]], *key))
             grant = grant - {"select"}
         if grant:
             out.append(ddl("grant_table", sorted(grant), *key))

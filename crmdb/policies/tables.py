@@ -468,9 +468,11 @@ SIDE_TABLES: dict[str, Table] = {
 TABLES.update(SIDE_TABLES)
 
 # Tables whose rows carry read copies of their field groups (<group>_copy columns that
-# no employee may select) and have a crm_vault.<table> over them for crm_api's view
-# (migrations/0017.vault-reads.sql).
-VAULT: frozenset[str] = frozenset(t.parent for t in SIDE_TABLES.values() if t.parent)
+# no employee may select), each with the crm_vault table over it that crm_api's view
+# reads (migrations/0017.vault-reads.sql): crm.<table> -> crm_vault.<table>.
+VAULT: dict[str, str] = {
+    TABLES[t.parent].qualified: f"crm_vault.{t.parent}" for t in SIDE_TABLES.values() if t.parent
+}
 
 
 @dataclass(frozen=True)

@@ -52,16 +52,18 @@ def group_terms(
             if policy not in using:
                 continue
             role, expr = using[policy]
+            if expr is None:
+                continue
             for group in sorted(scope.read_groups):
-                if expr is not None:
-                    terms[group].append(Term(role, expr))
+                terms[group].append(Term(role, expr))
     for rule in policies.sharing_rules:
         if rule.table != table.name:
             continue
         role, expr = using[f"{table.name}__rule__{rule.name}__select"]
+        if expr is None:
+            continue
         for group in rule.fields:
-            if expr is not None:
-                terms[group].append(Term(role, expr))
+            terms[group].append(Term(role, expr))
     return terms
 
 
