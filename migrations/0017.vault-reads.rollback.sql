@@ -42,6 +42,13 @@ DROP FUNCTION crm_private.copy_field_values();
 DROP FUNCTION crm_private.copy_of(crm.customers__contact), crm_private.copy_of(crm.customers__financial),
     crm_private.copy_of(crm.customers__internal_notes), crm_private.copy_of(crm.contracts__financial);
 
+DROP TRIGGER _500_audit_update ON crm.customers;
+CREATE TRIGGER _500_audit_update AFTER UPDATE ON crm.customers
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION crm_private.record_changes('phone_mask');
+DROP TRIGGER _500_audit_update ON crm.contracts;
+CREATE TRIGGER _500_audit_update AFTER UPDATE ON crm.contracts
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION crm_private.record_changes();
+
 DROP TRIGGER _040_keep_derived ON crm.contracts;
 DROP TRIGGER _040_keep_derived ON crm.customers;
 CREATE TRIGGER _040_keep_derived BEFORE INSERT OR UPDATE OF phone_mask ON crm.customers

@@ -524,23 +524,25 @@ DECLARE
     v_employee bigint;
     v_columns text[];
     -- Read copies of field groups (columns of a crm_vault type): never logged here;
-    -- each group's table logs its own changes.
-    v_copies text[];
+    -- each group's table logs its own changes. Updates name them as quiet columns (the
+    -- tables' update triggers pass them), so only inserts and deletes look them up.
+    v_copies text[] := '{}';
     -- Trigger arguments: columns whose changes alone are not logged.
     v_quiet text[] := ARRAY['updated_at'] || coalesce(TG_ARGV, '{}'::text[]);
 BEGIN
     -- Statement-level with transition tables: one INSERT per statement, not per row.
     -- Each row is made jsonb once (MATERIALIZED: not recomputed at every reference).
     SELECT e.id INTO v_employee FROM crm.employees AS e WHERE e.role_name = v_actor;
-    SELECT coalesce(array_agg(a.attname::text ORDER BY a.attname)
-                        FILTER (WHERE t.typnamespace IS DISTINCT FROM 'crm_vault'::regnamespace), '{}'),
-           coalesce(array_agg(a.attname::text)
-                        FILTER (WHERE t.typnamespace = 'crm_vault'::regnamespace), '{}')
-      INTO v_columns, v_copies
-      FROM pg_catalog.pg_attribute AS a
-      JOIN pg_catalog.pg_type AS t ON t.oid = a.atttypid
-     WHERE a.attrelid = TG_RELID AND a.attnum > 0 AND NOT a.attisdropped;
-    v_quiet := v_quiet || v_copies;
+    IF TG_OP IN ('INSERT', 'DELETE') THEN
+        SELECT coalesce(array_agg(a.attname::text ORDER BY a.attname)
+                            FILTER (WHERE t.typnamespace IS DISTINCT FROM 'crm_vault'::regnamespace), '{}'),
+               coalesce(array_agg(a.attname::text)
+                            FILTER (WHERE t.typnamespace = 'crm_vault'::regnamespace), '{}')
+          INTO v_columns, v_copies
+          FROM pg_catalog.pg_attribute AS a
+          JOIN pg_catalog.pg_type AS t ON t.oid = a.atttypid
+         WHERE a.attrelid = TG_RELID AND a.attnum > 0 AND NOT a.attisdropped;
+    END IF;
 
     IF TG_OP = 'INSERT' THEN
         INSERT INTO crm.change_log (table_name, record_id, action, changed_fields,
@@ -567,7 +569,7 @@ BEGIN
         -- rows change only their anchor copies).
         WITH r AS MATERIALIZED (
             SELECT x.id, x.nj, x.oj
-              FROM (SELECT n.id, to_jsonb(n) - v_copies AS nj, to_jsonb(o) - v_copies AS oj
+              FROM (SELECT n.id, to_jsonb(n) AS nj, to_jsonb(o) AS oj
                       FROM new_rows AS n
                       JOIN old_rows AS o ON o.id = n.id) AS x
              WHERE (x.nj - v_quiet) IS DISTINCT FROM (x.oj - v_quiet)
@@ -613,14 +615,17 @@ CREATE TRIGGER _500_audit_delete AFTER DELETE ON crm.employees
 CREATE TRIGGER _500_audit_insert AFTER INSERT ON crm.customers
     REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION crm_private.record_changes();
 -- The phone's mask is derived from a field group's value: its changes alone are not logged.
+-- The read copies of field groups are quiet: never logged (record_changes).
 CREATE TRIGGER _500_audit_update AFTER UPDATE ON crm.customers
-    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION crm_private.record_changes('phone_mask');
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT
+    EXECUTE FUNCTION crm_private.record_changes('phone_mask', 'contact_copy', 'financial_copy', 'internal_notes_copy');
 CREATE TRIGGER _500_audit_delete AFTER DELETE ON crm.customers
     REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION crm_private.record_changes();
 CREATE TRIGGER _500_audit_insert AFTER INSERT ON crm.contracts
     REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION crm_private.record_changes();
 CREATE TRIGGER _500_audit_update AFTER UPDATE ON crm.contracts
-    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION crm_private.record_changes();
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT
+    EXECUTE FUNCTION crm_private.record_changes('financial_copy');
 CREATE TRIGGER _500_audit_delete AFTER DELETE ON crm.contracts
     REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION crm_private.record_changes();
 CREATE TRIGGER _500_audit_insert AFTER INSERT ON crm.activities

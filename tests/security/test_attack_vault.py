@@ -230,3 +230,29 @@ def test_ids_come_from_the_sequence(org):
         ).fetchone()
         conn.rollback()
     assert row is not None and row[0] > org.id("c2")
+
+
+@ATTEMPT
+def test_audit_of_a_deleted_customer_holds_no_copy(org):
+    # A customer deleted with a financial group: its DELETE row lists every column but
+    # the read copies, and its old values show none
+    with org.db.connect(autocommit=False) as conn:
+        row = conn.execute(
+            "INSERT INTO crm.customers (project_id, owner_id, full_name)"
+            " SELECT project_id, owner_id, 'Gone' FROM crm.customers WHERE id = %s RETURNING id",
+            (org.id("c1"),),
+        ).fetchone()
+        assert row is not None
+        conn.execute(
+            "UPDATE crm.customers__financial SET bank_account = %s WHERE id = %s", (BANK, row[0])
+        )
+        conn.execute("DELETE FROM crm.customers WHERE id = %s", row)
+        logged = conn.execute(
+            "SELECT changed_fields, old_values::text FROM crm.change_log"
+            " WHERE table_name = 'customers' AND record_id = %s AND action = 'DELETE'",
+            row,
+        ).fetchone()
+        conn.rollback()
+    assert logged is not None
+    assert "_copy" not in " ".join(logged[0]) + logged[1]
+    assert BANK not in logged[1]
