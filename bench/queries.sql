@@ -312,3 +312,13 @@ SELECT role_name FROM crm.employees WHERE id = %(id)s
 -- vacuum --
 -- Reclaim the rows a bench run deleted (and their index entries)
 VACUUM (ANALYZE) {table}
+
+-- Field groups (bench/fields.py) ----------------------------------------------------
+
+-- grant_read_copies --
+-- For the baseline only: the employee may read the groups' read copies on the base table (revoked at the end of the run; crmdb lint reports one left behind)
+GRANT SELECT (contact_copy, financial_copy, internal_notes_copy) ON crm.customers TO {role}
+
+-- revoke_read_copies --
+-- Take the baseline's column privilege back
+REVOKE SELECT (contact_copy, financial_copy, internal_notes_copy) ON crm.customers FROM {role}

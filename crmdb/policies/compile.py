@@ -15,7 +15,7 @@ from crmdb.policies.fields import core_columns, mask_column, side_table
 from crmdb.policies.model import PolicySet, Scope, SharingRule
 from crmdb.policies.render import ddl, render, sections
 from crmdb.policies.tables import ACTIONS, COMMANDS, REPORTS, TABLES, VAULT, Table
-from crmdb.policies.vault import VaultReads, group_terms, vault_reads
+from crmdb.policies.vault import OWNER_POLICY, VaultReads, group_terms, vault_reads
 
 MAX_NAME = 63  # PostgreSQL's NAMEDATALEN - 1
 
@@ -299,6 +299,9 @@ def _api_views(desired: Desired, policies: PolicySet, paths: list[AccessPath]) -
                 for p in desired.policies.values()
                 if p.table == table.qualified and p.command == "select"
             }
+            # and the migrations' owner policy (every row to crmdb_owner): it shows rows,
+            # not groups
+            using[OWNER_POLICY] = ("crmdb_owner", "true")
             view = dataclasses.replace(view, vault=vault_reads(group_terms(policies, table, using)))
         exporting = [p for p in paths if p.table.name == table.name and "export" in p.actions]
         if exporting:

@@ -11,10 +11,17 @@ The helper calls in those expressions, `(SELECT crm_private.f(...))`, would each
 InitPlan per column of the view. They move into one single-row subquery joined to the
 view (`crmdb_scope`), so each runs once per statement, and only for an employee who
 holds a role that needs it.
+
+PostgreSQL evaluates a group's predicate once per column of the group, row by row (it
+shares no subexpression between columns). Most callers see a group on every row they
+see at all (a rep: contact on own and shared customers; an admin: everything): the
+scope row says so once (`crmdb_all*`: the caller holds no select policy that hides the
+group), the predicate starts with that flag, and the helpers only its terms need are
+not called.
 """
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from crmdb.policies.model import PolicySet
 from crmdb.policies.tables import Table
@@ -22,19 +29,29 @@ from crmdb.policies.tables import Table
 # A helper call as scopes.sql.j2 renders it: uncorrelated, arguments without parentheses.
 _HELPER = re.compile(r"\(SELECT (crm_private\.\w+\([^()]*\))\)")
 SCOPE_ALIAS = "crmdb_scope"
+OWNER_POLICY = "crmdb_owner_all"  # every crm and crm_vault table's, made by migrations
 
 
 @dataclass(frozen=True)
 class Term:
+    policy: str  # the parent's select policy
     role: str  # the policy's role: the term holds only for those who hold it
     using: str  # the policy's USING
+
+
+@dataclass(frozen=True)
+class GroupTerms:
+    """Per group, the policies that show it, and the roles of those that do not."""
+
+    shown_by: dict[str, list[Term]]
+    hidden_by: dict[str, frozenset[str]]  # group -> roles of select policies hiding it
 
 
 @dataclass(frozen=True)
 class VaultReads:
     """The scope subquery and each group's predicate, for sql/policy/api.sql.j2."""
 
-    scope: str  # SELECT ... HAVING true: one row, columns named crmdb_*
+    scope: str  # a query of one row, columns named crmdb_*
     predicates: dict[str, str]  # group -> SQL on the parent row and crmdb_scope
 
 
@@ -42,9 +59,10 @@ def group_terms(
     policies: PolicySet,
     table: Table,
     using: dict[str, tuple[str, str | None]],
-) -> dict[str, list[Term]]:
-    """The policies that show each group of `table`. `using` maps a parent policy's name
-    to (role, USING)."""
+) -> GroupTerms:
+    """The policies that show each group of `table`, and the roles of every other select
+    policy (a row one of them shows may hide the group). `using` maps each select policy
+    of the parent (the same as crm_vault's) to (role, USING)."""
     terms: dict[str, list[Term]] = {g: [] for g in policies.field_groups.get(table.name, {})}
     for name in sorted(policies.templates):
         for scope in policies.effective(name).get(table.name, []):
@@ -55,16 +73,25 @@ def group_terms(
             if expr is None:
                 continue
             for group in sorted(scope.read_groups):
-                terms[group].append(Term(role, expr))
+                terms[group].append(Term(policy, role, expr))
     for rule in policies.sharing_rules:
         if rule.table != table.name:
             continue
-        role, expr = using[f"{table.name}__rule__{rule.name}__select"]
+        policy = f"{table.name}__rule__{rule.name}__select"
+        role, expr = using[policy]
         if expr is None:
             continue
         for group in rule.fields:
-            terms[group].append(Term(role, expr))
-    return terms
+            terms[group].append(Term(policy, role, expr))
+    hidden_by = {}
+    for group, shown in terms.items():
+        showing = {t.policy for t in shown}
+        hidden_by[group] = frozenset(
+            role
+            for name, (role, expr) in using.items()
+            if expr is not None and name not in showing  # no USING: shows no row
+        )
+    return GroupTerms(terms, hidden_by)
 
 
 # A template policy's USING as scopes.sql.j2 renders it: the template's guard, then the
@@ -81,39 +108,76 @@ _TEMPLATE_GUARD = re.compile(
 )
 
 
-def vault_reads(terms: dict[str, list[Term]]) -> VaultReads:
+@dataclass
+class _Call:
+    """A helper call of the scope row (crmdb_calls), made only when a term needs it."""
+
+    column: str
+    otherwise: str  # its value when no term of the caller needs it
+    roles: set[str] = field(default_factory=set)  # whose terms need it
+    groups: set[str] = field(default_factory=set)  # in which groups' predicates
+
+
+# How the scope row passes a helper's result up (one row: any aggregate keeps it);
+# PostgreSQL has min() for ids and arrays of them, not for boolean.
+_BOOLEAN_HELPERS = {"crm_private.has_template", "crm_private.may_act_as"}
+
+
+def vault_reads(groups: GroupTerms) -> VaultReads:
     """Merges the terms that differ only in their template's guard, and hoists every
     helper call into the scope subquery.
 
     Templates share scope kinds ("own", "shared"...), so most of a group's terms say
     "<the template's projects> AND <the same predicate>". Merged, the predicate is
-    written once, after the projects of every template whose scope has it (each
-    template's projects are a column of the scope row: NULL unless the caller holds
-    the template): a handful of terms whatever the number of templates. PostgreSQL
-    plans each group column's copy of the predicate, so its size is planning time."""
-    columns: dict[str, str] = {}  # SQL computed once per statement -> scope column
+    written once, after the union of the projects of every template whose scope has
+    it: one array test per scope kind, whatever the number of templates. PostgreSQL
+    plans, initialises and evaluates a copy of the predicate for each column of the
+    group, so its size is time at every step.
 
-    def scope_column(expr: str, prefix: str) -> str:
-        return columns.setdefault(expr, f"crmdb_{prefix}{len(columns) + 1}")
+    The scope row is three single-row levels, each computed once per statement:
+    crmdb_roles, which of the policies' roles the caller holds (one pg_has_role each);
+    crmdb_calls, the helper calls, each made only when the caller holds a role whose
+    term needs it, for a group not shown on every row anyway; and the row itself, the
+    unions of projects and the flags. Every level is aggregated without GROUP BY (one
+    row): not pulled up into the view (which would copy each call into every
+    reference), and the join is dropped where no column of it is read (a count(*))."""
+    roles: dict[str, str] = {}  # role -> its crmdb_roles column
+    calls: dict[str, _Call] = {}  # helper call -> its crmdb_calls column
+    outputs: dict[str, str] = {}  # aggregate over the levels -> scope column
 
-    def holds(roles: set[str]) -> str:
-        return " OR ".join(
-            f"pg_catalog.pg_has_role(current_user, {_literal(r)}, 'USAGE')" for r in sorted(roles)
-        )
+    def held(names: set[str] | frozenset[str]) -> str:
+        if _everyone(names):
+            return "true"
+        columns = [roles.setdefault(r, f"crmdb_role{len(roles) + 1}") for r in sorted(names)]
+        return " OR ".join(f"crmdb_roles.{c}" for c in columns)
 
-    def hoist(predicate: str, roles: set[str]) -> str:
+    def call(expr: str, prefix: str, group: str, needed_by: set[str], otherwise: str) -> str:
+        c = calls.setdefault(expr, _Call(f"crmdb_call_{prefix}{len(calls) + 1}", otherwise))
+        c.roles.update(needed_by)
+        c.groups.add(group)
+        return f"crmdb_calls.{c.column}"
+
+    def output(aggregate: str, prefix: str) -> str:
+        column = outputs.setdefault(aggregate, f"crmdb_{prefix}{len(outputs) + 1}")
+        return f"{SCOPE_ALIAS}.{column}"
+
+    def hoist(predicate: str, needed_by: set[str], group: str) -> str:
         # A helper runs only for whoever holds a role whose term calls it (an employee
         # of one template pays for that template's helpers, as with the policies).
         def replace(m: re.Match[str]) -> str:
-            column = scope_column(m.group(1), "h")
-            needed.setdefault(column, set()).update(roles)
-            return f"{SCOPE_ALIAS}.{column}"
+            helper = m.group(1)
+            boolean = helper.split("(", 1)[0] in _BOOLEAN_HELPERS
+            value = call(helper, "h", group, needed_by, "false" if boolean else "NULL")
+            return output(f"{'bool_or' if boolean else 'min'}({value})", "h")
 
         return _HELPER.sub(replace, predicate)
 
-    needed: dict[str, set[str]] = {}  # helper column -> roles whose terms call it
     predicates: dict[str, str] = {}
-    for group, group_terms in terms.items():
+    for group, group_terms in groups.shown_by.items():
+        hidden = groups.hidden_by[group]
+        if not hidden:  # every select policy shows the group: so does every row
+            predicates[group] = "true"
+            continue
         # (column, predicate) -> {role: template literal}, predicate -> roles, and terms
         # kept whole (sharing rules, any other shape)
         by_projects: dict[tuple[str, str], dict[str, str]] = {}
@@ -129,48 +193,89 @@ def vault_reads(terms: dict[str, list[Term]]) -> VaultReads:
                 whole.append(term)
         parts: list[str] = []
         for (column, predicate), templates in by_projects.items():
-            # Each template's projects once per statement (a column per template), the
-            # projects of every template with this predicate ORed
-            projects = " OR ".join(
-                f"{column} = ANY ({SCOPE_ALIAS}."
-                + scope_column(
-                    f"CASE WHEN {holds({role})}"
-                    f" THEN crm_private.project_ids(current_user, {tpl}) END",
+            # Each template's projects once per statement ('{}' unless the caller holds
+            # it), the union of those of every template with this predicate
+            projects = " || ".join(
+                call(
+                    f"crm_private.project_ids(current_user, {tpl})",
                     "p",
+                    group,
+                    {role},
+                    "'{}'::bigint[]",
                 )
-                + ")"
                 for role, tpl in sorted(templates.items())
             )
-            body = hoist(predicate, set(templates))
-            if len(templates) > 1:
-                projects = f"({projects})"
-            parts.append(f"({projects}" + ("" if body == "true" else f" AND ({body})") + ")")
-        for predicate, templates in by_template.items():
-            held = " OR ".join(
-                f"({holds({role})} AND crm_private.has_template(current_user, {tpl}))"
-                for role, tpl in sorted(templates.items())
-            )
-            flag = scope_column(f"coalesce({held}, false)", "t")
-            body = hoist(predicate, set(templates))
+            union = output(f"min({projects})", "u")
+            body = hoist(predicate, set(templates), group)
             rest = "" if body == "true" else f" AND ({body})"
-            parts.append(f"({SCOPE_ALIAS}.{flag}{rest})")
+            parts.append(f"({column} = ANY ({union}){rest})")
+        for predicate, templates in by_template.items():
+            held_templates = " OR ".join(
+                call(f"crm_private.has_template(current_user, {tpl})", "t", group, {role}, "false")
+                for role, tpl in sorted(templates.items())
+            )
+            flag = output(f"bool_or({held_templates})", "t")
+            body = hoist(predicate, set(templates), group)
+            rest = "" if body == "true" else f" AND ({body})"
+            parts.append(f"({flag}{rest})")
         for term in whole:
-            flag = scope_column(holds({term.role}), "r")
-            parts.append(f"({SCOPE_ALIAS}.{flag} AND ({hoist(term.using, {term.role})}))")
-        predicates[group] = " OR ".join(parts) if parts else "false"
+            flag = output(f"bool_or({held({term.role})})", "r")
+            parts.append(f"({flag} AND ({hoist(term.using, {term.role}, group)}))")
+        if not parts:
+            predicates[group] = "false"
+            continue
+        # OR stops at the first true term: the caller's "every row" flag, then the
+        # terms that scan no helper's array
+        parts.sort(key=_cost)
+        if not _everyone(hidden):
+            parts.insert(0, output(f"bool_and(NOT ({held(hidden)}))", "all"))
+        predicates[group] = " OR ".join(parts)
 
-    select = []
-    for expr, column in columns.items():
-        if column in needed:  # a helper: only for the roles that need it
-            expr = f"CASE WHEN {holds(needed[column])} THEN {expr} END"
-        select.append(f"{expr} AS {column}")
-    if not select:
-        select = ["true AS crmdb_none"]
-    # HAVING true: a grouped query without GROUP BY is one row, so the planner neither
-    # pulls it up (which would copy each call into every reference) nor keeps the join
-    # where no column of it is read (a count(*)).
-    scope = "SELECT " + ",\n       ".join(select) + "\n HAVING true"
+    if not outputs:
+        return VaultReads("SELECT true AS crmdb_none HAVING true", predicates)
+    made = []
+    for expr, c in calls.items():
+        # when: a role of the caller's needs it, for a group not shown on every row
+        when = [held(c.roles)]
+        hiding = [groups.hidden_by[g] for g in sorted(c.groups)]
+        if not any(_everyone(h) for h in hiding):
+            when.append(held(frozenset().union(*hiding)))
+        otherwise = "" if c.otherwise == "NULL" else f" ELSE {c.otherwise}"
+        condition = " AND ".join(f"({w})" for w in when)
+        made.append(f"CASE WHEN {condition} THEN {expr}{otherwise} END AS {c.column}")
+    checks = [
+        f"pg_catalog.pg_has_role(current_user, {_literal(r)}, 'USAGE') AS {column}"
+        for r, column in roles.items()
+    ] or ["true AS crmdb_none"]
+    scope = "SELECT " + ",\n       ".join(f"{a} AS {c}" for a, c in outputs.items())
+    scope += (
+        "\n  FROM (SELECT "
+        + ",\n               ".join(checks)
+        + "\n        HAVING true) AS crmdb_roles"
+    )
+    if made:
+        scope += (
+            "\n  CROSS JOIN LATERAL (SELECT "
+            + ",\n                            ".join(made)
+            + "\n                     HAVING true) AS crmdb_calls"
+        )
     return VaultReads(scope, predicates)
+
+
+def _everyone(roles: set[str] | frozenset[str]) -> bool:
+    """A policy TO public applies to every caller."""
+    return any(r.lower() == "public" for r in roles)
+
+
+# A membership test against a helper's array (`x = ANY (crmdb_scope.crmdb_h3)`): a
+# linear scan per row, of hundreds of ids for a director's subordinates; a template's
+# projects are a handful.
+_ARRAY_TEST = re.compile(rf"= ANY \({SCOPE_ALIAS}\.crmdb_h\d+(?:::bigint\[\])?\)")
+
+
+def _cost(part: str) -> int:
+    """Orders a group's terms: those that scan a helper's array last (a stable sort)."""
+    return len(_ARRAY_TEST.findall(part))
 
 
 def _literal(value: str) -> str:

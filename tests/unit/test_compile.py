@@ -1,5 +1,7 @@
 """The generated policy text for the shipped templates (no database needed)."""
 
+import re
+
 from crmdb.policies.apply import load_desired
 from crmdb.policies.model import PolicyError, load_policies
 from crmdb.policies.tables import TABLES
@@ -43,3 +45,64 @@ def test_customer_scope_on_customers_is_a_template_error(tmp_path):
         assert any(p.line == 6 and "customer" in p.message for p in exc.problems), str(exc)
     else:
         raise AssertionError("a customer scope on customers was accepted")
+
+
+def _vault(table: str):
+    view = load_desired().api[f"crm_api.{table}"]
+    assert view.vault is not None
+    return view.vault
+
+
+def _roles(vault, expr: str) -> set[str]:
+    """The roles whose crmdb_roles columns `expr` reads."""
+    checks = {
+        line.split(" AS ")[-1].rstrip(","): line.split("'")[1]
+        for line in vault.scope.splitlines()
+        if "pg_has_role" in line
+    }
+    return {checks[c] for c in re.findall(r"crmdb_roles\.(crmdb_role\d+)\b", expr)}
+
+
+def _scope_column(vault, name: str) -> str:
+    """The expression of scope column `name` (one per line in the scope's SELECT)."""
+    line = next(x for x in vault.scope.splitlines() if x.rstrip(",").endswith(f" AS {name}"))
+    return line.strip().removeprefix("SELECT ").rstrip(",")
+
+
+def test_a_groups_predicate_starts_with_the_callers_every_row_flag():
+    # Expect contact shown on every row to whoever holds no select policy that hides it:
+    # only the director's org-unit scope (financial only) and the owner's policy do
+    vault = _vault("customers")
+    flag = vault.predicates["contact"].split(" OR ", 1)[0].removeprefix("crmdb_scope.")
+    expr = _scope_column(vault, flag)
+    assert expr.startswith("bool_and(NOT (")
+    assert _roles(vault, expr) == {"crmdb_tpl_director", "crmdb_owner"}
+
+
+def test_terms_that_scan_a_helpers_array_come_last():
+    vault = _vault("customers")
+    for group, predicate in vault.predicates.items():
+        scans = ["= ANY (crmdb_scope.crmdb_h" in term for term in predicate.split(" OR (")]
+        # Expect no cheap term after the first array scan (OR stops at the first true)
+        assert scans == sorted(scans), group
+
+
+def test_a_helper_is_called_only_for_groups_not_shown_on_every_row():
+    # Expect the manual shares looked up for a caller with a sharing template (rep,
+    # manager, director) who also holds a role hiding contact or notes on some row:
+    # shares show only those two groups
+    vault = _vault("customers")
+    line = next(x for x in vault.scope.splitlines() if "shared_customer_ids" in x)
+    sharing, hiding = line.split("CASE WHEN ", 1)[1].split(" THEN ")[0].split(") AND (")
+    assert _roles(vault, sharing) == {
+        "crmdb_tpl_director",
+        "crmdb_tpl_sales_manager",
+        "crmdb_tpl_sales_rep",
+    }
+    assert _roles(vault, hiding) == {
+        "crmdb_owner",
+        "crmdb_rule_web_leads_to_care",
+        "crmdb_tpl_call_center",
+        "crmdb_tpl_director",
+        "crmdb_tpl_marketing",
+    }
