@@ -328,3 +328,25 @@ def test_explain_fields_answers_with_the_employee_s_own_policies(org):
         ("financial", False, False),
         ("internal_notes", True, True),
     ]
+
+
+def test_the_helpers_the_views_binary_search_return_sorted_ids(org):
+    # crm_api tests membership in these helpers' ids with width_bucket (a binary
+    # search, crmdb/policies/vault.py): expect them ascending, without NULLs or repeats
+    helpers = (
+        "crm_private.subordinate_ids(%(role)s)",
+        "crm_private.org_unit_ids(%(role)s, true)",
+        "crm_private.org_unit_ids(%(role)s, false)",
+        "crm_private.shared_customer_ids(%(role)s, false)",
+        "crm_private.shared_customer_ids(%(role)s, true)",
+    )
+    longest = 0
+    with org.db.connect() as conn:
+        for key in org.loaded.roles:
+            for helper in helpers:
+                row = conn.execute(f"SELECT {helper}", {"role": org.role(key)}).fetchone()
+                assert row is not None
+                ids = row[0]
+                assert ids == sorted(set(ids)), f"{helper} for {key}: {ids}"
+                longest = max(longest, len(ids))
+    assert longest >= 3  # the fixture has a subtree to sort

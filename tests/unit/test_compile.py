@@ -79,12 +79,24 @@ def test_a_groups_predicate_starts_with_the_callers_every_row_flag():
     assert _roles(vault, expr) == {"crmdb_tpl_director", "crmdb_owner"}
 
 
-def test_terms_that_scan_a_helpers_array_come_last():
+def test_terms_that_search_a_helpers_ids_come_last():
     vault = _vault("customers")
     for group, predicate in vault.predicates.items():
-        scans = ["= ANY (crmdb_scope.crmdb_h" in term for term in predicate.split(" OR (")]
-        # Expect no cheap term after the first array scan (OR stops at the first true)
-        assert scans == sorted(scans), group
+        terms = predicate.split(" OR (")
+        searches = ["[pg_catalog.width_bucket(" in term for term in terms]
+        # Expect no cheap term after the first search (OR stops at the first true)
+        assert any(searches), group
+        assert searches == sorted(searches), group
+
+
+def test_membership_in_a_helpers_ids_is_a_binary_search():
+    # Expect a director's subordinates searched (width_bucket), never scanned (= ANY)
+    predicate = _vault("customers").predicates["contact"]
+    assert "= ANY (crmdb_scope.crmdb_h" not in predicate
+    search = re.search(
+        r"(crmdb_scope\.crmdb_h\d+)\[pg_catalog\.width_bucket\(owner_id, \1\)\]", predicate
+    )
+    assert search is not None
 
 
 def test_a_helper_is_called_only_for_groups_not_shown_on_every_row():
