@@ -205,7 +205,7 @@ SELECT t.template AS object,
  ORDER BY 1
 
 -- read_copies_exposed --
--- Privileges that show the field groups' read copies (migration 0017) outside crm_api: USAGE on crm_vault, SELECT on crm.customers or crm.contracts as a whole, or on a copy column
+-- Privileges and views that show the field groups' read copies (migration 0017) outside crm_api: USAGE on crm_vault, SELECT on crm.customers or crm.contracts as a whole, or on a copy column; a view over crm_vault or a copy column
 SELECT 'schema crm_vault' AS object,
        format('%%I may name crm_vault''s tables, which show every field group''s read copy on each row it may read', r.rolname) AS problem,
        format('REVOKE USAGE ON SCHEMA crm_vault FROM %%I;', r.rolname) AS fix
@@ -239,6 +239,29 @@ SELECT format('%%I.%%I.%%I', n.nspname, c.relname, at.attname),
  CROSS JOIN LATERAL aclexplode(at.attacl) AS a
   JOIN pg_roles AS r ON r.oid = a.grantee
  WHERE NOT at.attisdropped AND a.privilege_type = 'SELECT' AND r.rolname <> 'crmdb_owner'
+UNION ALL
+-- A view outside crm_api over crm_vault or a copy column (made by a superuser or the
+-- owner, who may name them): its readers get the copies without crm_api's checks
+SELECT format('%%I.%%I', vn.nspname, v.relname),
+       format('this %%s reads the field groups'' read copies (%%s) without crm_api''s checks: whoever may select it reads every group of each row they may read',
+              CASE v.relkind WHEN 'm' THEN 'materialized view' ELSE 'view' END,
+              string_agg(DISTINCT format('%%I.%%I', tn.nspname, t.relname), ', ')),
+       format('DROP %%s %%I.%%I;  -- read crm_api''s views instead, which show each group where the templates allow',
+              CASE v.relkind WHEN 'm' THEN 'MATERIALIZED VIEW' ELSE 'VIEW' END, vn.nspname, v.relname)
+  FROM pg_depend AS d
+  JOIN pg_rewrite AS rw ON rw.oid = d.objid
+  JOIN pg_class AS v ON v.oid = rw.ev_class
+  JOIN pg_namespace AS vn ON vn.oid = v.relnamespace
+  JOIN pg_class AS t ON t.oid = d.refobjid
+  JOIN pg_namespace AS tn ON tn.oid = t.relnamespace
+  LEFT JOIN pg_attribute AS at ON at.attrelid = t.oid AND at.attnum = d.refobjsubid
+  LEFT JOIN pg_type AS ty ON ty.oid = at.atttypid
+  LEFT JOIN pg_namespace AS yn ON yn.oid = ty.typnamespace
+ WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
+   AND v.oid <> t.oid AND vn.nspname <> 'crm_api'
+   AND ((tn.nspname = 'crm_vault' AND t.relkind IN ('r', 'p'))
+        OR (tn.nspname = 'crm' AND yn.nspname = 'crm_vault'))
+ GROUP BY vn.nspname, v.relname, v.relkind
  ORDER BY 1, 2
 
 -- derived_columns_writable --

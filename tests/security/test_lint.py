@@ -483,6 +483,33 @@ def test_read_copies_exposed(broken, desired, employee, grant, obj, fix):
     assert_found_and_fixed(broken, desired, "read_copies_exposed", obj, fix)
 
 
+@pytest.mark.parametrize(
+    ("view", "obj", "fix"),
+    [
+        (
+            "CREATE VIEW public.money WITH (security_invoker) AS"
+            " SELECT id, (financial_copy).bank_account FROM crm.customers",
+            "public.money",
+            "DROP VIEW public.money;",
+        ),
+        (
+            "CREATE MATERIALIZED VIEW public.everything AS SELECT * FROM crm_vault.contracts",
+            "public.everything",
+            "DROP MATERIALIZED VIEW public.everything;",
+        ),
+    ],
+)
+def test_views_over_the_read_copies(broken, desired, employee, view, obj, fix):
+    # A DBA's view over the copies shows them to its readers without crm_api's checks
+    broken.execute(view)  # type: ignore[arg-type]
+    broken.execute(
+        sql.SQL("GRANT SELECT ON {} TO {}").format(sql.SQL(obj), sql.Identifier(employee))
+    )
+    found = [f for f in findings_of(broken, desired, "read_copies_exposed") if f.object == obj]
+    assert len(found) == 1 and "without crm_api's checks" in found[0].problem
+    assert_found_and_fixed(broken, desired, "read_copies_exposed", obj, fix)
+
+
 def test_anchor_copies_writable_without_their_guard(broken, desired):
     broken.execute("DROP TRIGGER _040_keep_derived ON crm.customers__contact")
     found = findings_of(broken, desired, "derived_columns_writable")
