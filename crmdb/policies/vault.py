@@ -229,7 +229,7 @@ def vault_reads(groups: GroupTerms) -> VaultReads:
             predicates[group] = "false"
             continue
         # OR stops at the first true term: the caller's "every row" flag, then the
-        # terms that scan no helper's array
+        # terms that search no helper's ids
         parts.sort(key=_cost)
         if not _everyone(hidden):
             parts.insert(0, output(f"bool_and(NOT ({held(hidden)}))", "all"))
@@ -290,7 +290,7 @@ _ARRAY_TEST = re.compile(
 
 
 def _cost(part: str) -> int:
-    """Orders a group's terms: those that scan a helper's array last (a stable sort)."""
+    """Orders a group's terms: those that search a helper's ids last (a stable sort)."""
     return len(_ARRAY_TEST.findall(part))
 
 
