@@ -240,28 +240,40 @@ SELECT format('%%I.%%I.%%I', n.nspname, c.relname, at.attname),
   JOIN pg_roles AS r ON r.oid = a.grantee
  WHERE NOT at.attisdropped AND a.privilege_type = 'SELECT' AND r.rolname <> 'crmdb_owner'
 UNION ALL
--- A view outside crm_api over crm_vault or a copy column (made by a superuser or the
--- owner, who may name them): its readers get the copies without crm_api's checks
-SELECT format('%%I.%%I', vn.nspname, v.relname),
-       format('this %%s reads the field groups'' read copies (%%s) without crm_api''s checks: whoever may select it reads every group of each row they may read',
-              CASE v.relkind WHEN 'm' THEN 'materialized view' ELSE 'view' END,
-              string_agg(DISTINCT format('%%I.%%I', tn.nspname, t.relname), ', ')),
+-- A view outside crm_api that shows the read copies without crm_api's checks (made by
+-- a superuser or the owner, who may name them): one over crm_vault (employees select its
+-- tables, as crm_api's views need), or one over a copy column that runs with its owner's
+-- privileges (not security_invoker; a materialized view keeps what its owner read). A
+-- security_invoker view over a copy column is refused to employees by the column's
+-- privileges.
+SELECT format('%%I.%%I', x.nspname, x.relname),
+       format('this %%s reads the field groups'' read copies (%%s)%%s without crm_api''s checks: whoever may select it reads every group of the rows it shows',
+              CASE x.relkind WHEN 'm' THEN 'materialized view' ELSE 'view' END,
+              string_agg(DISTINCT x.reads, ', '),
+              CASE WHEN NOT x.invoker THEN format(' as its owner %%I', x.owner) ELSE '' END),
        format('DROP %%s %%I.%%I;  -- read crm_api''s views instead, which show each group where the templates allow',
-              CASE v.relkind WHEN 'm' THEN 'MATERIALIZED VIEW' ELSE 'VIEW' END, vn.nspname, v.relname)
-  FROM pg_depend AS d
-  JOIN pg_rewrite AS rw ON rw.oid = d.objid
-  JOIN pg_class AS v ON v.oid = rw.ev_class
-  JOIN pg_namespace AS vn ON vn.oid = v.relnamespace
-  JOIN pg_class AS t ON t.oid = d.refobjid
-  JOIN pg_namespace AS tn ON tn.oid = t.relnamespace
-  LEFT JOIN pg_attribute AS at ON at.attrelid = t.oid AND at.attnum = d.refobjsubid
-  LEFT JOIN pg_type AS ty ON ty.oid = at.atttypid
-  LEFT JOIN pg_namespace AS yn ON yn.oid = ty.typnamespace
- WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
-   AND v.oid <> t.oid AND vn.nspname <> 'crm_api'
-   AND ((tn.nspname = 'crm_vault' AND t.relkind IN ('r', 'p'))
-        OR (tn.nspname = 'crm' AND yn.nspname = 'crm_vault'))
- GROUP BY vn.nspname, v.relname, v.relkind
+              CASE x.relkind WHEN 'm' THEN 'MATERIALIZED VIEW' ELSE 'VIEW' END, x.nspname, x.relname)
+  FROM (SELECT vn.nspname, v.relname, v.relkind, pg_get_userbyid(v.relowner) AS owner,
+               format('%%I.%%I', tn.nspname, t.relname) AS reads, tn.nspname = 'crm_vault' AS vault,
+               v.relkind = 'v' AND EXISTS (
+                   SELECT FROM unnest(v.reloptions) AS o
+                    WHERE split_part(o, '=', 1) = 'security_invoker'
+                      AND lower(split_part(o, '=', 2)) IN ('t', 'tr', 'tru', 'true', 'y', 'ye', 'yes', 'on', '1')) AS invoker
+          FROM pg_depend AS d
+          JOIN pg_rewrite AS rw ON rw.oid = d.objid
+          JOIN pg_class AS v ON v.oid = rw.ev_class
+          JOIN pg_namespace AS vn ON vn.oid = v.relnamespace
+          JOIN pg_class AS t ON t.oid = d.refobjid
+          JOIN pg_namespace AS tn ON tn.oid = t.relnamespace
+          LEFT JOIN pg_attribute AS at ON at.attrelid = t.oid AND at.attnum = d.refobjsubid
+          LEFT JOIN pg_type AS ty ON ty.oid = at.atttypid
+          LEFT JOIN pg_namespace AS yn ON yn.oid = ty.typnamespace
+         WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
+           AND v.oid <> t.oid AND vn.nspname <> 'crm_api'
+           AND ((tn.nspname = 'crm_vault' AND t.relkind IN ('r', 'p'))
+                OR (tn.nspname = 'crm' AND yn.nspname = 'crm_vault'))) AS x
+ GROUP BY x.nspname, x.relname, x.relkind, x.owner, x.invoker
+HAVING bool_or(x.vault) OR NOT x.invoker
  ORDER BY 1, 2
 
 -- derived_columns_writable --

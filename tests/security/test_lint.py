@@ -486,9 +486,15 @@ def test_read_copies_exposed(broken, desired, employee, grant, obj, fix):
 @pytest.mark.parametrize(
     ("view", "obj", "fix"),
     [
-        (
+        (  # employees select crm_vault's tables (crm_api's views read them as the caller)
             "CREATE VIEW public.money WITH (security_invoker) AS"
-            " SELECT id, (financial_copy).bank_account FROM crm.customers",
+            " SELECT id, (financial_copy).bank_account FROM crm_vault.customers",
+            "public.money",
+            "DROP VIEW public.money;",
+        ),
+        (  # its owner's privileges: the superuser's, no row policy either
+            "CREATE VIEW public.money AS SELECT id, (financial_copy).bank_account"
+            " FROM crm.customers",
             "public.money",
             "DROP VIEW public.money;",
         ),
@@ -505,9 +511,28 @@ def test_views_over_the_read_copies(broken, desired, employee, view, obj, fix):
     broken.execute(
         sql.SQL("GRANT SELECT ON {} TO {}").format(sql.SQL(obj), sql.Identifier(employee))
     )
+    # Expect the employee to read the copies through it (what lint reports)
+    broken.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(employee)))
+    broken.execute(f"SELECT * FROM {obj}").fetchall()  # type: ignore[arg-type]
+    broken.execute("RESET ROLE")
     found = [f for f in findings_of(broken, desired, "read_copies_exposed") if f.object == obj]
     assert len(found) == 1 and "without crm_api's checks" in found[0].problem
     assert_found_and_fixed(broken, desired, "read_copies_exposed", obj, fix)
+
+
+def test_an_invoker_view_over_a_copy_column_is_refused_not_reported(broken, desired, employee):
+    broken.execute(
+        "CREATE VIEW public.money WITH (security_invoker) AS"
+        " SELECT id, (financial_copy).bank_account FROM crm.customers"
+    )
+    broken.execute(sql.SQL("GRANT SELECT ON public.money TO {}").format(sql.Identifier(employee)))
+    # Expect the column privileges to refuse the employee: nothing for lint to report
+    broken.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(employee)))
+    with pytest.raises(psycopg.errors.InsufficientPrivilege), broken.transaction():
+        broken.execute("SELECT * FROM public.money")
+    broken.execute("RESET ROLE")
+    found = findings_of(broken, desired, "read_copies_exposed")
+    assert [f.object for f in found if f.object == "public.money"] == []
 
 
 def test_anchor_copies_writable_without_their_guard(broken, desired):
