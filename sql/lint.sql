@@ -206,6 +206,16 @@ SELECT t.template AS object,
 
 -- read_copies_exposed --
 -- Privileges and views that show the field groups' read copies (migration 0017) outside crm_api: USAGE on crm_vault, SELECT on crm.customers or crm.contracts as a whole, or on a copy column; a view over crm_vault or a copy column
+WITH copies AS (
+    -- the read copies: columns of crm's tables whose type is a crm_vault group type
+    SELECT at.attrelid, at.attnum, at.attname, at.attacl
+      FROM pg_attribute AS at
+      JOIN pg_type AS t ON t.oid = at.atttypid
+      JOIN pg_namespace AS tn ON tn.oid = t.typnamespace AND tn.nspname = 'crm_vault'
+      JOIN pg_class AS c ON c.oid = at.attrelid
+      JOIN pg_namespace AS n ON n.oid = c.relnamespace AND n.nspname = 'crm'
+     WHERE NOT at.attisdropped
+)
 SELECT 'schema crm_vault' AS object,
        format('%%I may name crm_vault''s tables, which show every field group''s read copy on each row it may read', r.rolname) AS problem,
        format('REVOKE USAGE ON SCHEMA crm_vault FROM %%I;', r.rolname) AS fix
@@ -222,30 +232,25 @@ SELECT format('%%I.%%I', n.nspname, c.relname),
   JOIN pg_namespace AS n ON n.oid = c.relnamespace
  CROSS JOIN LATERAL aclexplode(c.relacl) AS a
   JOIN pg_roles AS r ON r.oid = a.grantee
- WHERE n.nspname = 'crm' AND a.privilege_type = 'SELECT' AND r.rolname <> 'crmdb_owner'
-   AND EXISTS (SELECT FROM pg_attribute AS at
-                 JOIN pg_type AS t ON t.oid = at.atttypid
-                 JOIN pg_namespace AS tn ON tn.oid = t.typnamespace
-                WHERE at.attrelid = c.oid AND NOT at.attisdropped AND tn.nspname = 'crm_vault')
+ WHERE a.privilege_type = 'SELECT' AND r.rolname <> 'crmdb_owner'
+   AND EXISTS (SELECT FROM copies WHERE copies.attrelid = c.oid)
 UNION ALL
-SELECT format('%%I.%%I.%%I', n.nspname, c.relname, at.attname),
+SELECT format('%%I.%%I.%%I', n.nspname, c.relname, cp.attname),
        format('%%I may select this read copy of a field group: the group of each row it may read', r.rolname),
-       format('REVOKE SELECT (%%I) ON %%I.%%I FROM %%I;', at.attname, n.nspname, c.relname, r.rolname)
-  FROM pg_attribute AS at
-  JOIN pg_type AS t ON t.oid = at.atttypid
-  JOIN pg_namespace AS tn ON tn.oid = t.typnamespace AND tn.nspname = 'crm_vault'
-  JOIN pg_class AS c ON c.oid = at.attrelid
-  JOIN pg_namespace AS n ON n.oid = c.relnamespace AND n.nspname = 'crm'
- CROSS JOIN LATERAL aclexplode(at.attacl) AS a
+       format('REVOKE SELECT (%%I) ON %%I.%%I FROM %%I;', cp.attname, n.nspname, c.relname, r.rolname)
+  FROM copies AS cp
+  JOIN pg_class AS c ON c.oid = cp.attrelid
+  JOIN pg_namespace AS n ON n.oid = c.relnamespace
+ CROSS JOIN LATERAL aclexplode(cp.attacl) AS a
   JOIN pg_roles AS r ON r.oid = a.grantee
- WHERE NOT at.attisdropped AND a.privilege_type = 'SELECT' AND r.rolname <> 'crmdb_owner'
+ WHERE a.privilege_type = 'SELECT' AND r.rolname <> 'crmdb_owner'
 UNION ALL
 -- A view outside crm_api that shows the read copies without crm_api's checks (made by
 -- a superuser or the owner, who may name them): one over crm_vault (employees select its
 -- tables, as crm_api's views need), or one over a copy column that runs with its owner's
--- privileges (not security_invoker; a materialized view keeps what its owner read). A
--- security_invoker view over a copy column is refused to employees by the column's
--- privileges.
+-- privileges (not security_invoker, as view_not_security_invoker reads the option; a
+-- materialized view keeps what its owner read). A security_invoker view over a copy
+-- column is refused to employees by the column's privileges.
 SELECT format('%%I.%%I', x.nspname, x.relname),
        format('this %%s reads the field groups'' read copies (%%s)%%s without crm_api''s checks: whoever may select it reads every group of the rows it shows',
               CASE x.relkind WHEN 'm' THEN 'materialized view' ELSE 'view' END,
@@ -257,21 +262,17 @@ SELECT format('%%I.%%I', x.nspname, x.relname),
                format('%%I.%%I', tn.nspname, t.relname) AS reads, tn.nspname = 'crm_vault' AS vault,
                v.relkind = 'v' AND EXISTS (
                    SELECT FROM unnest(v.reloptions) AS o
-                    WHERE split_part(o, '=', 1) = 'security_invoker'
-                      AND lower(split_part(o, '=', 2)) IN ('t', 'tr', 'tru', 'true', 'y', 'ye', 'yes', 'on', '1')) AS invoker
+                    WHERE o IN ('security_invoker=true', 'security_invoker=on', 'security_invoker=1')) AS invoker
           FROM pg_depend AS d
           JOIN pg_rewrite AS rw ON rw.oid = d.objid
           JOIN pg_class AS v ON v.oid = rw.ev_class
           JOIN pg_namespace AS vn ON vn.oid = v.relnamespace
           JOIN pg_class AS t ON t.oid = d.refobjid
           JOIN pg_namespace AS tn ON tn.oid = t.relnamespace
-          LEFT JOIN pg_attribute AS at ON at.attrelid = t.oid AND at.attnum = d.refobjsubid
-          LEFT JOIN pg_type AS ty ON ty.oid = at.atttypid
-          LEFT JOIN pg_namespace AS yn ON yn.oid = ty.typnamespace
+          LEFT JOIN copies AS cp ON cp.attrelid = t.oid AND cp.attnum = d.refobjsubid
          WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
            AND v.oid <> t.oid AND vn.nspname <> 'crm_api'
-           AND ((tn.nspname = 'crm_vault' AND t.relkind IN ('r', 'p'))
-                OR (tn.nspname = 'crm' AND yn.nspname = 'crm_vault'))) AS x
+           AND ((tn.nspname = 'crm_vault' AND t.relkind IN ('r', 'p')) OR cp.attnum IS NOT NULL)) AS x
  GROUP BY x.nspname, x.relname, x.relkind, x.owner, x.invoker
 HAVING bool_or(x.vault) OR NOT x.invoker
  ORDER BY 1, 2

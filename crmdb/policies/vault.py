@@ -120,7 +120,7 @@ class _Call:
 
 # How the scope row passes a helper's result up (one row: any aggregate keeps it);
 # PostgreSQL has min() for ids and arrays of them, not for boolean.
-_BOOLEAN_HELPERS = {"crm_private.has_template", "crm_private.may_act_as"}
+_BOOLEAN_HELPERS = {"crm_private.has_template"}
 
 
 def vault_reads(groups: GroupTerms) -> VaultReads:
