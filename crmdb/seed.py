@@ -664,13 +664,21 @@ SPLIT = {
 
 
 def copy_rows(
-    conn: psycopg.Connection, name: str, table: str, rows: Iterable[Row], *, direct: bool
+    conn: psycopg.Connection,
+    name: str,
+    table: str,
+    rows: Iterable[Row],
+    *,
+    direct: bool,
+    triggers_off: bool = False,
 ) -> int:
     """COPY rows into `table` ("crm.customers") with the named COPY query; returns the count.
 
     `direct` is false where RLS applies to the session (a non-superuser DBA): COPY FROM
     is refused on such tables, so rows go into a temporary staging table first. Tables
-    with field groups are always staged, then split into the table and its groups.
+    with field groups are always staged, then split into the table and its groups; with
+    `triggers_off` (session_replication_role = replica) the table's rows are written with
+    the groups' read copies, which the side tables' triggers would otherwise write.
     """
     schema, relname = table.split(".")
     target = sql.Identifier(schema, relname)
@@ -690,8 +698,9 @@ def copy_rows(
             copy.write_row(row)
             count += 1
     if split:
-        for step in split:
-            conn.execute(query(step, SQL_FILE).format(stage=stage))
+        core, groups = split
+        conn.execute(query(core, SQL_FILE).format(stage=stage), {"fill_copies": triggers_off})
+        conn.execute(query(groups, SQL_FILE).format(stage=stage))
     elif staged:
         conn.execute(query("insert_from_stage", SQL_FILE).format(table=target, stage=stage))
     if staged:
@@ -1047,6 +1056,7 @@ def _load_bulk(
     anchor: datetime,
     *,
     direct: bool,
+    triggers_off: bool,
     progress: Progress | None,
 ) -> tuple[int, int, int, int]:
     """Customers, then contracts, activities and shares of them; returns the counts."""
@@ -1066,6 +1076,7 @@ def _load_bulk(
             progress=progress,
         ),
         direct=direct,
+        triggers_off=triggers_off,
     )
     n_contracts = copy_rows(
         conn,
@@ -1080,6 +1091,7 @@ def _load_bulk(
             progress=progress,
         ),
         direct=direct,
+        triggers_off=triggers_off,
     )
     n_activities = copy_rows(
         conn,
@@ -1155,7 +1167,15 @@ def seed(
                 # into crm.change_log. Non-superusers cannot skip them; they pay that cost.
                 conn.execute(query("bulk_load_without_triggers", SQL_FILE))
             counts = _load_bulk(
-                conn, r, pop, everyone, customers, anchor, direct=bypasses_rls, progress=progress
+                conn,
+                r,
+                pop,
+                everyone,
+                customers,
+                anchor,
+                direct=bypasses_rls,
+                triggers_off=superuser,
+                progress=progress,
             )
             if superuser:
                 conn.execute(query("bulk_load_done", SQL_FILE))

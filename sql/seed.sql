@@ -104,13 +104,26 @@ CREATE TEMPORARY TABLE {stage} (
 ) ON COMMIT DROP
 
 -- customers_from_stage --
--- Core fields into crm.customers, with the phone's mask if a mask is declared
+-- Core fields into crm.customers, with the phone's mask if a mask is declared; with
+-- fill_copies (the loader turned triggers off) also each group's read copy, which the
+-- side tables' copy triggers write otherwise: copy_of the group's row as the next step
+-- inserts it
 INSERT INTO crm.customers (id, project_id, org_unit_id, owner_id, full_name, province, stage,
                            source, score, product_interest, created_by, assigned_at,
-                           created_at, updated_at, phone_mask)
+                           created_at, updated_at, phone_mask, contact_copy, financial_copy,
+                           internal_notes_copy)
 SELECT s.id, s.project_id, s.org_unit_id, s.owner_id, s.full_name, s.province, s.stage,
        s.source, s.score, s.product_interest, s.created_by, s.assigned_at, s.created_at,
-       s.updated_at, crm_private.mask_text(s.phone, m.keep_last)
+       s.updated_at, crm_private.mask_text(s.phone, m.keep_last),
+       CASE WHEN %(fill_copies)s THEN crm_private.copy_of(
+           ROW(s.id, s.project_id, s.org_unit_id, s.owner_id, s.phone, s.email, s.address,
+               '{{}}')::crm.customers__contact) END,
+       CASE WHEN %(fill_copies)s THEN crm_private.copy_of(
+           ROW(s.id, s.project_id, s.org_unit_id, s.owner_id, s.bank_account, s.bank_name,
+               s.tax_code, s.financial_notes, '{{}}')::crm.customers__financial) END,
+       CASE WHEN %(fill_copies)s THEN crm_private.copy_of(
+           ROW(s.id, s.project_id, s.org_unit_id, s.owner_id, s.notes,
+               '{{}}')::crm.customers__internal_notes) END
   FROM {stage} AS s
   LEFT JOIN crm_private.field_masks AS m ON m.table_name = 'customers' AND m.column_name = 'phone'
 
@@ -152,12 +165,16 @@ CREATE TEMPORARY TABLE {stage} (
 ) ON COMMIT DROP
 
 -- contracts_from_stage --
--- Core fields into crm.contracts
+-- Core fields into crm.contracts; with fill_copies (triggers off) also the financial
+-- group's read copy (as for customers)
 INSERT INTO crm.contracts (id, customer_id, project_id, owner_id, title, currency, status,
-                           signed_at, created_at, updated_at)
-SELECT id, customer_id, project_id, owner_id, title, currency, status, signed_at, created_at,
-       updated_at
-  FROM {stage}
+                           signed_at, created_at, updated_at, financial_copy)
+SELECT s.id, s.customer_id, s.project_id, s.owner_id, s.title, s.currency, s.status,
+       s.signed_at, s.created_at, s.updated_at,
+       CASE WHEN %(fill_copies)s THEN crm_private.copy_of(
+           ROW(s.id, s.project_id, s.owner_id, s.customer_id, s.amount, s.payment_method,
+               s.bank_account, s.bank_name, '{{}}')::crm.contracts__financial) END
+  FROM {stage} AS s
 
 -- contract_groups_from_stage --
 -- The financial group: inserted (triggers off) or filled (the row the trigger made)

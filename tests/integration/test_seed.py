@@ -12,6 +12,7 @@ import pytest
 from psycopg import sql
 
 from crmdb.errors import CrmdbError
+from crmdb.lint import copies_out_of_step, side_rows_out_of_step
 from crmdb.seed import SeedReport, seed
 from crmdb.testing.scratch import TEST_PASSWORD, ScratchDatabase, ScratchFactory
 
@@ -231,6 +232,21 @@ def test_superuser_seed_is_not_audited(seeded):
     assert seeded.one("SELECT array_agg(DISTINCT table_name) FROM crm.change_log") == ["employees"]
 
 
+def test_superuser_seed_writes_the_read_copies(seeded):
+    # The load runs with triggers off, so it writes what the side tables' triggers would:
+    # each group's row, its anchors, and the parent's read copy that crm_api shows
+    with seeded.db.connect() as conn:
+        assert copies_out_of_step(conn) == []
+        assert side_rows_out_of_step(conn) == []
+    # ... copies with values, not NULL on both sides: every customer has a phone
+    assert seeded.one("SELECT count(*) FROM crm.customers WHERE contact_copy IS NULL") == 0
+    assert (
+        seeded.one("SELECT count(*) FROM crm.customers WHERE (contact_copy).phone IS NOT NULL")
+        == CUSTOMERS
+    )
+    assert seeded.one("SELECT count(*) FROM crm.contracts WHERE financial_copy IS NULL") == 0
+
+
 def test_sequences_continue_after_the_seeded_ids(seeded):
     with seeded.db.connect() as conn, conn.transaction(force_rollback=True):
         row = conn.execute(
@@ -332,6 +348,12 @@ def test_non_superuser_dba_can_seed_and_is_audited(db):
     assert 0 < groups["customers__financial"] < 200
     assert 0 < groups["customers__internal_notes"] < 200
     assert groups["contracts__financial"] == report.contracts
+    # ... and the read copies written by the side tables' triggers
+    with db.connect() as conn:
+        assert copies_out_of_step(conn) == []
+        assert conn.execute(
+            "SELECT count(*) FROM crm.customers WHERE contact_copy IS NULL"
+        ).fetchone() == (0,)
 
 
 def test_failed_seed_leaves_nothing(db):
