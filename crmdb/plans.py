@@ -36,16 +36,32 @@ def run(conn: psycopg.Connection, result: P) -> P:
     return result
 
 
+# A deadlock rolls the whole apply back, so it can simply run again (planned anew). The
+# usual partner is autovacuum: its ANALYZE updates the table's pg_class row in place and
+# waits for our transaction, which changed that row (a GRANT), while we wait for its lock
+# to alter the table (CREATE POLICY). PostgreSQL fails one of the two.
+ATTEMPTS = 3
+
+
 def apply(target: Target, what: str, apply_in: Callable[[psycopg.Connection], P]) -> P:
-    """`apply_in(conn)` (lock, plan, run) in one transaction; on any error nothing changes."""
+    """`apply_in(conn)` (lock, plan, run) in one transaction; on any error nothing changes.
+    A transaction that deadlocked runs again, ATTEMPTS times in all."""
     with connect(target) as conn:
-        try:
-            with conn.transaction():
-                return apply_in(conn)
-        except psycopg.Error as exc:
-            raise CrmdbError(
-                f"{what} apply failed, nothing was changed: {server_error(exc)}"
-            ) from None
+        attempt = 1
+        while True:
+            try:
+                with conn.transaction():
+                    return apply_in(conn)
+            except psycopg.errors.DeadlockDetected as exc:
+                if attempt == ATTEMPTS:
+                    raise _failed(what, exc) from None
+                attempt += 1
+            except psycopg.Error as exc:
+                raise _failed(what, exc) from None
+
+
+def _failed(what: str, exc: psycopg.Error) -> CrmdbError:
+    return CrmdbError(f"{what} apply failed, nothing was changed: {server_error(exc)}")
 
 
 __all__ = ["apply", "plan", "run"]

@@ -193,6 +193,48 @@ def test_concurrent_applies_are_serialised(db: ScratchDatabase) -> None:
     assert crmdb(db, "policy", "plan").exit_code == 0
 
 
+def test_an_apply_that_deadlocks_runs_again(db: ScratchDatabase) -> None:
+    load_org(db)
+    desired = load_desired()
+    pending = len(policy_apply.plan(db.target, desired).statements)
+    results: list[Plan] = []
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            results.append(policy_apply.apply(db.target, desired))
+        except BaseException as exc:
+            failures.append(exc)
+
+    apply = threading.Thread(target=run)
+    with db.connect(autocommit=False) as other:
+        # Another session reads crm.customers and keeps its lock: the apply, once it
+        # holds the apply lock, waits for it to create the table's policies
+        other.execute("SET deadlock_timeout = '30s'")  # PostgreSQL fails the apply, not us
+        other.execute("SELECT count(*) FROM crm.customers")
+        apply.start()
+        with db.connect() as watch:
+            for _ in range(1000):
+                waiting = watch.execute(
+                    "SELECT count(*) FROM pg_locks WHERE NOT granted"
+                    " AND relation = 'crm.customers'::regclass"
+                ).fetchone()
+                if waiting == (1,):
+                    break
+                threading.Event().wait(0.01)
+            else:
+                pytest.fail("the apply never waited for crm.customers")
+        # ... then waits for the apply lock itself: a deadlock, which fails the apply's
+        # transaction (nothing applied) and gives this session the lock
+        other.execute("SELECT pg_advisory_xact_lock(hashtext('crmdb policy apply'))")
+        other.commit()
+    apply.join(timeout=60)
+    # Expect the apply to have run again, once the other session ended, and to be whole
+    assert failures == []
+    assert [len(r.statements) for r in results] == [pending]
+    assert crmdb(db, "policy", "plan").exit_code == 0
+
+
 # drift --------------------------------------------------------------------------------
 
 

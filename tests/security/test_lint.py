@@ -558,7 +558,9 @@ def test_anchor_copies_writable_without_their_guard(broken, desired):
 
 
 def test_template_role_granted_update_of_an_anchor(broken, desired):
-    # A grant of one column by hand is harmless while the guard holds, reported once not
+    # A grant of one column by hand is harmless while the guard holds, reported once not.
+    # (The table's lock first: see test_audit_reader_without_every_field_group.)
+    broken.execute("LOCK TABLE crm.contracts__financial IN ACCESS EXCLUSIVE MODE")
     broken.execute("GRANT UPDATE (owner_id) ON crm.contracts__financial TO crmdb_tpl_marketing")
     assert findings_of(broken, desired, "derived_columns_writable") == []
     broken.execute("ALTER TABLE crm.contracts__financial DISABLE TRIGGER _040_keep_derived")
@@ -598,7 +600,10 @@ def test_masks_out_of_step(broken, desired):
 
 def test_audit_reader_without_every_field_group(broken, desired):
     # Marketing reads contact (and its own leads' notes), never money; the audit trail
-    # holds every group's history
+    # holds every group's history. The table's lock first: autovacuum's ANALYZE of it
+    # would otherwise wait for this transaction (the GRANT changes its pg_class row)
+    # while CREATE POLICY waits for autovacuum, a deadlock.
+    broken.execute("LOCK TABLE crm.change_log IN ACCESS EXCLUSIVE MODE")
     broken.execute("GRANT SELECT ON crm.change_log TO crmdb_tpl_marketing")
     broken.execute(
         "CREATE POLICY change_log__marketing ON crm.change_log FOR SELECT"
