@@ -200,9 +200,14 @@ def test_an_apply_that_deadlocks_runs_again(db: ScratchDatabase) -> None:
     results: list[Plan] = []
     failures: list[BaseException] = []
 
+    # The apply looks for a deadlock 5 s after it starts waiting (time for this test to
+    # close the cycle, even on a loaded machine); the other session only after 60 s, so
+    # PostgreSQL fails the apply, not it
+    target = db.target.with_params(options="-c deadlock_timeout=5s")
+
     def run() -> None:
         try:
-            results.append(policy_apply.apply(db.target, desired))
+            results.append(policy_apply.apply(target, desired))
         except BaseException as exc:
             failures.append(exc)
 
@@ -210,7 +215,7 @@ def test_an_apply_that_deadlocks_runs_again(db: ScratchDatabase) -> None:
     with db.connect(autocommit=False) as other:
         # Another session reads crm.customers and keeps its lock: the apply, once it
         # holds the apply lock, waits for it to create the table's policies
-        other.execute("SET deadlock_timeout = '30s'")  # PostgreSQL fails the apply, not us
+        other.execute("SET deadlock_timeout = '60s'")
         other.execute("SELECT count(*) FROM crm.customers")
         apply.start()
         with db.connect() as watch:
