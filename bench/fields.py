@@ -15,7 +15,8 @@ picks, each query runs as that employee (SET LOCAL ROLE), under the same row pol
 - core: crm.customers, core fields only (the baseline of earlier runs).
 
 Alternating runs, medians of K. Target (issue 5): the view within 1.2x of the base
-table (median ratio). Prints one markdown table.
+table (median ratio). Prints one markdown table, and whether the database has
+crmdb_guard's statement cache (the policies and views compile for it when it does).
 
 Every statement is planned at each run (as psql or a BI tool sends it); with --prepared
 they are server-side prepared statements whose plans are reused (as psycopg does after
@@ -31,6 +32,7 @@ from psycopg import sql
 from run import BENCH_DBNAME, SHAPES, pick_roles, q, run_once, table
 
 from crmdb.db import Target, connect, parse_dsn, resolve_target
+from crmdb.guard import statement_cache_installed
 from crmdb.lint import copies_out_of_step
 
 FIELDS = "phone, email, address, bank_account, tax_code, notes"
@@ -98,6 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"bench: {finding.object}: {finding.problem}", file=sys.stderr)
             print("bench: run crmdb lint for the fix; nothing measured", file=sys.stderr)
             return 1
+        cache = "with" if statement_cache_installed(conn) else "without"
         # Plan every run, as ad-hoc clients do; or prepare at the first run and reuse
         conn.prepare_threshold = 0 if args.prepared else None
         picked = [(shape, role) for shape, (role, _) in pick_roles(conn).items() if shape in SHAPES]
@@ -127,6 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     median = statistics.median(ratios)
     mode = "prepared statements" if args.prepared else "planned at each run"
     print(f"# crm_api views vs base table, same role ({mode}, medians of {args.runs})\n")
+    print(f"Policies and views compiled {cache} crmdb_guard's statement cache.\n")
     header = ["role", "query", "view ms", "base ms", "ratio", "core ms"]
     print("\n".join(table(header, rows)))
     verdict = "PASS" if median <= TARGET else "MISS"

@@ -113,6 +113,17 @@ def setup(target: Target, customers: int, employees: int) -> None:
             conn.execute(q("create_database").format(name=sql.Identifier(dbname)))
     dsn = target.conninfo
     crmdb_cli("migrate", "--dsn", dsn)
+    # crmdb_guard and its statement cache, as `crmdb demo` installs them, before the
+    # policies (which then compile for the cache); where it cannot be built, plain SQL
+    guard = ["guard", "enable", "--dsn", dsn]
+    if target.source == "embedded":
+        from crmdb.servers.embedded import pg_config_path
+
+        guard += ["--pg-config", str(pg_config_path())]
+    try:
+        crmdb_cli(*guard)
+    except subprocess.CalledProcessError:
+        print("crmdb_guard not installed: the policies stay plain SQL", flush=True)
     # The shipped sharing rule names the demo company's org unit and project, so
     # `crmdb policy apply` fails on a database without them. Load the demo company and
     # apply the shipped policies in one transaction, as `crmdb demo` does (without its

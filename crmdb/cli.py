@@ -921,7 +921,8 @@ def outbox_unsubscribe(dsn: str | None, email: str, reason: str | None) -> None:
 
 @main.group("guard")
 def guard_group() -> None:
-    """crmdb_guard: the server library that refuses EXPLAIN to employees."""
+    """crmdb_guard: the server library that refuses EXPLAIN to employees and computes
+    each caller's scope once per statement."""
 
 
 def _guard_folder(target: Target) -> Path | None:
@@ -951,8 +952,9 @@ def _guard_pg_config(target: Target, pg_config: Path | None) -> Path:
     help="The server's pg_config (default: the embedded server's, else pg_config on PATH).",
 )
 def guard_enable(dsn: str | None, pg_config: Path | None) -> None:
-    """Build crmdb_guard, install it next to the server (on this machine) and load it
-    in every new session: a reload, no restart."""
+    """Build crmdb_guard, install it next to the server (on this machine), load it in
+    every new session (a reload, no restart) and install its statement cache in this
+    database; the next `crmdb policy apply` compiles the policies and views for it."""
     from crmdb import guard
 
     target = target_for(dsn)
@@ -962,6 +964,7 @@ def guard_enable(dsn: str | None, pg_config: Path | None) -> None:
         if not guard.loaded(conn):
             raise CrmdbError(f"installed {installed}, but new sessions do not load it")
     click.echo(f"crmdb_guard installed ({installed}); new sessions refuse EXPLAIN to employees")
+    click.echo("statement cache installed: run crmdb policy apply to compile for it")
 
 
 @guard_group.command("status")
@@ -973,6 +976,8 @@ def guard_status(dsn: str | None) -> None:
     with connect(target_for(dsn)) as conn:
         if guard.loaded(conn):
             click.echo("crmdb_guard is loaded: employees cannot EXPLAIN")
+            cache = "installed" if guard.statement_cache_installed(conn) else "not installed"
+            click.echo(f"statement cache: {cache} in this database")
             return
     click.echo("crmdb_guard is not loaded: employees can EXPLAIN (run: crmdb guard enable)")
     sys.exit(3)
@@ -987,6 +992,18 @@ def demo_cmd(dsn: str | None) -> None:
 
     target = target_for(dsn)
     migrate.apply(target)
+    guard_note: tuple[str, bool] | None = None
+    if target.source == "embedded":
+        # The embedded server is this machine's: refuse EXPLAIN to the demo's employees.
+        # Before the policies, which then compile for its statement cache.
+        from crmdb import guard
+
+        try:
+            with connect(target, autocommit=True) as conn:
+                guard.install(conn, _guard_pg_config(target, None), _guard_folder(target))
+            guard_note = ("\nEXPLAIN guard: crmdb_guard loaded, employees cannot EXPLAIN", False)
+        except CrmdbError as exc:
+            guard_note = (f"\nEXPLAIN guard: not loaded ({exc}); see README, Security", True)
     desired = load_desired()
     progress = Progress()
     with transaction(target) as conn:
@@ -1001,16 +1018,8 @@ def demo_cmd(dsn: str | None) -> None:
     )
     with connect(target, autocommit=True) as conn:
         click.echo(render_access(access_report(conn, report)))
-    if target.source == "embedded":
-        # The embedded server is this machine's: refuse EXPLAIN to the demo's employees.
-        from crmdb import guard
-
-        try:
-            with connect(target, autocommit=True) as conn:
-                guard.install(conn, _guard_pg_config(target, None), _guard_folder(target))
-            click.echo("\nEXPLAIN guard: crmdb_guard loaded, employees cannot EXPLAIN")
-        except CrmdbError as exc:
-            click.echo(f"\nEXPLAIN guard: not loaded ({exc}); see README, Security", err=True)
+    if guard_note is not None:
+        click.echo(guard_note[0], err=guard_note[1])
 
 
 @main.command("seed")

@@ -1,4 +1,5 @@
-"""crmdb_guard: the server library that refuses EXPLAIN to employees (ext/crmdb_guard).
+"""crmdb_guard: the server library that refuses EXPLAIN to employees (ext/crmdb_guard)
+and computes each caller's scope once per statement (its statement cache).
 
 Row policies cannot hide what a plan shows: PostgreSQL may test a leakproof condition
 (`id = 5`, `name < 'M'`) before the policies, and EXPLAIN ANALYZE then tells whether a
@@ -7,6 +8,11 @@ No SQL can refuse EXPLAIN, so a small C library does (a ProcessUtility hook), fo
 role that has crmdb_employee's privileges. build() compiles it with PGXS against the
 server's pg_config (gcc, make and the server headers are needed); enable() makes every
 new session load it (session_preload_libraries and a reload: no restart).
+
+The same library holds the statement cache (scope.c): install_statement_cache() creates
+its functions in one database (sql/guard.sql), and crmdb policy apply then compiles the
+row policies and crm_api views to share one call of each helper per statement
+(crmdb/policies/statement_cache.py).
 """
 
 import os
@@ -70,6 +76,21 @@ def enable(conn: psycopg.Connection, library: Path | str = LIBRARY) -> None:
     conn.execute(query("reload_conf"))
 
 
+def install_statement_cache(conn: psycopg.Connection, library: Path | str = LIBRARY) -> None:
+    """Create (or replace) the statement cache's functions in conn's database
+    (sql/guard.sql), bound to `library` (a name in $libdir, or an absolute path).
+    `conn`: superuser. The next crmdb policy apply compiles for it."""
+    conn.execute(
+        query("install_statement_cache", "guard.sql").format(library=sql.Literal(str(library)))
+    )
+
+
+def statement_cache_installed(conn: psycopg.Connection) -> bool:
+    """Whether conn's database has the statement cache's functions."""
+    row = conn.execute(query("statement_cache_installed", "guard.sql")).fetchone()
+    return bool(row and row[0])
+
+
 def loaded(conn: psycopg.Connection) -> bool:
     """Whether this session loaded crmdb_guard."""
     row = conn.execute(query("guard_loaded")).fetchone()
@@ -109,4 +130,5 @@ def install(conn: psycopg.Connection, pg_config: Path, folder: Path | None = Non
     except OSError as exc:
         raise CrmdbError(f"cannot install {library.name} into {folder}: {exc}") from None
     enable(conn, LIBRARY if by_name else installed)
+    install_statement_cache(conn, LIBRARY if by_name else installed)
     return installed

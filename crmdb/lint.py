@@ -19,6 +19,7 @@ from crmdb.catalog import DEFAULT_SCHEMAS
 from crmdb.policies.compile import CustomField, Desired, api_script
 from crmdb.policies.plan import policy_changes
 from crmdb.policies.render import ddl
+from crmdb.policies.statement_cache import for_database
 from crmdb.policies.tables import SIDE_TABLES
 from crmdb.queries import query
 
@@ -63,6 +64,7 @@ class Finding:
 def lint(conn: psycopg.Connection, desired: Desired) -> list[Finding]:
     """Every finding on the connection's database, against the compiled templates."""
     findings: list[Finding] = []
+    desired = for_database(conn, desired)
     with conn.transaction(force_rollback=True):
         # Drift first: plan compares expressions as printed under the session's path.
         for change in policy_changes(conn, desired):
@@ -84,7 +86,14 @@ def lint(conn: psycopg.Connection, desired: Desired) -> list[Finding]:
 
 # crm_api ----------------------------------------------------------------------------
 
-_VIEW = re.compile(r"^CREATE VIEW \S+ WITH \(security_invoker = true\) AS\n(.*?);$", re.M | re.S)
+# crm_api.<table>'s definition in its script (not the crm_private scope view's before it)
+_VIEW = re.compile(
+    r"^CREATE VIEW crm_api\.\S+ WITH \(security_invoker = true\) AS\n(.*?);$", re.M | re.S
+)
+_SCOPE_VIEW = re.compile(
+    r"^CREATE VIEW crm_private\.api_\w+_scope WITH \(security_invoker = true\) AS\n(.*?);$",
+    re.M | re.S,
+)
 
 
 def _generated(
@@ -93,15 +102,22 @@ def _generated(
     """What `script` (crm_api.<table> as policy apply makes it) would leave in the catalog."""
     match = _VIEW.search(script)
     assert match is not None, f"no view in the script of {view}"
-    temp = sql.Identifier("pg_temp", "crmdb_lint_" + view.split(".")[1])
-    conn.execute(sql.SQL("CREATE TEMP VIEW {} AS ").format(temp) + sql.SQL(match[1]))
-    row = conn.execute(
-        query("api_view_definition", LINT_FILE), {"view": temp.as_string(conn)}
-    ).fetchone()
-    assert row is not None
+    definitions: list[str | None] = []
+    for suffix, found in (("", match), ("_scope", _SCOPE_VIEW.search(script))):
+        if found is None:  # no scope view: plain SQL, or a table without field groups
+            definitions.append(None)
+            continue
+        temp = sql.Identifier("pg_temp", f"crmdb_lint_{view.split('.')[1]}{suffix}")
+        conn.execute(sql.SQL("CREATE TEMP VIEW {} AS ").format(temp) + sql.SQL(found[1]))
+        row = conn.execute(
+            query("api_view_definition", LINT_FILE), {"view": temp.as_string(conn)}
+        ).fetchone()
+        assert row is not None
+        definitions.append(row[0])
     writer = script.split("$fn$")[1] if "$fn$" in script else None
     return {
-        "definition": row[0],
+        "definition": definitions[0],
+        "scope": definitions[1],
         "writer_source": writer,
         "writer_definer": False if writer else None,
         "writer_enabled": True if writer else None,
@@ -113,9 +129,10 @@ def api_drift(conn: psycopg.Connection, desired: Desired) -> list[Finding]:
     """crm_api views missing, made by hand, or differing from what the templates generate
     (definition, INSTEAD OF writer, its trigger, grants), each with the script that
     `crmdb policy plan` would run."""
+    desired = for_database(conn, desired)
     params = {"schemas": list(DEFAULT_SCHEMAS)}  # every check's parameters (%% is %)
     have = {r[0]: r for r in conn.execute(query("api_views", LINT_FILE), params)}
-    fields = ("definition", "writer_source", "writer_definer", "writer_enabled", "grants")
+    fields = ("definition", "writer_source", "writer_definer", "writer_enabled", "grants", "scope")
     found: list[Finding] = []
     for view in sorted(set(have) - set(desired.api)):
         found.append(

@@ -10,7 +10,10 @@ BEGIN
       FROM (SELECT role_name FROM crm.employees
             UNION SELECT role_name FROM crm_private.gateways
             UNION SELECT rolname FROM pg_catalog.pg_roles WHERE rolname LIKE 'crmdb\_tpl\_%') AS r;
-    -- Schemas first: a grant or policy naming a role would block DROP ROLE.
+    -- Schemas first: a grant or policy naming a role would block DROP ROLE. crmdb_guard
+    -- holds the statement cache `crmdb guard enable` installs (sql/guard.sql), granted
+    -- to crmdb's roles.
+    DROP SCHEMA IF EXISTS crmdb_guard CASCADE;
     DROP SCHEMA crm_admin, crm_private, crm CASCADE;
     FOREACH v_role IN ARRAY coalesce(v_roles, '{}') LOOP
         BEGIN

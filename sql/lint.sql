@@ -422,7 +422,7 @@ SELECT count(*) FROM {parent} AS r JOIN {side} AS g ON g.id = r.id
  WHERE r.{mask} IS DISTINCT FROM crm_private.mask_text(g.{column}, %(keep)s)
 
 -- api_views --
--- crm_api's views: the comment policy apply left, the definition, the INSTEAD OF trigger's function (source, definer) and its state, and the grants
+-- crm_api's views: the comment policy apply left, the definition, the INSTEAD OF trigger's function (source, definer) and its state, the grants, and the definition of its crm_private scope view (with crmdb_guard's statement cache)
 SELECT format('crm_api.%%I', c.relname) AS view,
        obj_description(c.oid, 'pg_class') AS comment,
        pg_get_viewdef(c.oid) AS definition,
@@ -430,7 +430,9 @@ SELECT format('crm_api.%%I', c.relname) AS view,
        f.prosecdef AS writer_definer,
        t.tgenabled IN ('O', 'A') AS writer_enabled,
        (SELECT array_agg(format('%%s:%%s', a.grantee::regrole, a.privilege_type))
-          FROM aclexplode(c.relacl) AS a WHERE a.grantee <> c.relowner) AS grants
+          FROM aclexplode(c.relacl) AS a WHERE a.grantee <> c.relowner) AS grants,
+       pg_get_viewdef(to_regclass(format('crm_private.%%I', 'api_' || c.relname || '_scope')))
+           AS scope
   FROM pg_class AS c
   LEFT JOIN pg_trigger AS t ON t.tgrelid = c.oid AND t.tgname = 'write'
   LEFT JOIN pg_proc AS f ON f.oid = t.tgfoid

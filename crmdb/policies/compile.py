@@ -72,6 +72,8 @@ class Desired:
     api: dict[str, "ApiView"] = field(default_factory=dict)
     # (table, column) -> (group, characters kept) of every masked field
     masks: dict[tuple[str, str], tuple[str, int]] = field(default_factory=dict)
+    # compiled for crmdb_guard's statement cache (crmdb/policies/statement_cache.py)
+    statement_cache: bool = False
 
 
 def template_role(template: str) -> str:

@@ -15,6 +15,7 @@ from crmdb.db import server_error
 from crmdb.policies.compile import CustomField, Desired, PolicyDef, api_script
 from crmdb.policies.model import PolicyError, Problem
 from crmdb.policies.render import ddl
+from crmdb.policies.statement_cache import for_database
 from crmdb.policies.tables import VAULT
 from crmdb.queries import query
 
@@ -171,6 +172,7 @@ def check_rules(conn: psycopg.Connection, desired: Desired) -> None:
 
 def make_plan(conn: psycopg.Connection, desired: Desired) -> Plan:
     """The statements that would bring the database to `desired`, in a safe order."""
+    desired = for_database(conn, desired)
     check_rules(conn, desired)
     plan = Plan()
     out = plan.statements

@@ -53,6 +53,11 @@ class VaultReads:
 
     scope: str  # a query of one row, columns named crmdb_*
     predicates: dict[str, str]  # group -> SQL on the parent row and crmdb_scope
+    # the scope's columns in order, with their types (boolean, bigint or bigint[])
+    columns: tuple[tuple[str, str], ...] = ()
+    # With crmdb_guard's statement cache (crmdb/policies/statement_cache.py): the
+    # crm_private view that holds the scope query; the predicates read it per row
+    scope_view: str | None = None
 
 
 def group_terms(
@@ -121,6 +126,16 @@ class _Call:
 # How the scope row passes a helper's result up (one row: any aggregate keeps it);
 # PostgreSQL has min() for ids and arrays of them, not for boolean.
 _BOOLEAN_HELPERS = {"crm_private.has_template"}
+# What each helper the policies call returns: the scope row's column types
+HELPER_TYPES = {
+    "crm_private.employee_id_for": "bigint",
+    "crm_private.project_id": "bigint",
+    "crm_private.subordinate_ids": "bigint[]",
+    "crm_private.org_unit_ids": "bigint[]",
+    "crm_private.shared_customer_ids": "bigint[]",
+    "crm_private.project_ids": "bigint[]",
+    "crm_private.has_template": "boolean",
+}
 
 
 def vault_reads(groups: GroupTerms) -> VaultReads:
@@ -144,6 +159,7 @@ def vault_reads(groups: GroupTerms) -> VaultReads:
     roles: dict[str, str] = {}  # role -> its crmdb_roles column
     calls: dict[str, _Call] = {}  # helper call -> its crmdb_calls column
     outputs: dict[str, str] = {}  # aggregate over the levels -> scope column
+    types: dict[str, str] = {}  # scope column -> its type
 
     def held(names: set[str] | frozenset[str]) -> str:
         if _everyone(names):
@@ -157,17 +173,22 @@ def vault_reads(groups: GroupTerms) -> VaultReads:
         c.groups.add(group)
         return f"crmdb_calls.{c.column}"
 
-    def output(aggregate: str, prefix: str) -> str:
+    def output(aggregate: str, prefix: str, sql_type: str) -> str:
         column = outputs.setdefault(aggregate, f"crmdb_{prefix}{len(outputs) + 1}")
+        types[column] = sql_type
         return f"{SCOPE_ALIAS}.{column}"
 
     def hoist(predicate: str, needed_by: set[str], group: str) -> str:
         # A helper runs only for whoever holds a role whose term calls it (an employee
         # of one template pays for that template's helpers, as with the policies).
         def helper(expr: str) -> str:
-            boolean = expr.split("(", 1)[0] in _BOOLEAN_HELPERS
+            name = expr.split("(", 1)[0]
+            if name not in HELPER_TYPES:
+                raise ValueError(f"vault_reads: unknown helper {name} (add it to HELPER_TYPES)")
+            boolean = name in _BOOLEAN_HELPERS
             value = call(expr, "h", group, needed_by, "false" if boolean else "NULL")
-            return output(f"{'bool_or' if boolean else 'min'}({value})", "h")
+            aggregate = f"{'bool_or' if boolean else 'min'}({value})"
+            return output(aggregate, "h", HELPER_TYPES[name])
 
         def member(m: re.Match[str]) -> str:
             ids, x = helper(m["call"]), m["x"]
@@ -209,7 +230,7 @@ def vault_reads(groups: GroupTerms) -> VaultReads:
                 )
                 for role, tpl in sorted(templates.items())
             )
-            union = output(f"min({projects})", "u")
+            union = output(f"min({projects})", "u", "bigint[]")
             body = hoist(predicate, set(templates), group)
             rest = "" if body == "true" else f" AND ({body})"
             parts.append(f"({column} = ANY ({union}){rest})")
@@ -218,12 +239,12 @@ def vault_reads(groups: GroupTerms) -> VaultReads:
                 call(f"crm_private.has_template(current_user, {tpl})", "t", group, {role}, "false")
                 for role, tpl in sorted(templates.items())
             )
-            flag = output(f"bool_or({held_templates})", "t")
+            flag = output(f"bool_or({held_templates})", "t", "boolean")
             body = hoist(predicate, set(templates), group)
             rest = "" if body == "true" else f" AND ({body})"
             parts.append(f"({flag}{rest})")
         for term in whole:
-            flag = output(f"bool_or({held({term.role})})", "r")
+            flag = output(f"bool_or({held({term.role})})", "r", "boolean")
             parts.append(f"({flag} AND ({hoist(term.using, {term.role}, group)}))")
         if not parts:
             predicates[group] = "false"
@@ -232,11 +253,13 @@ def vault_reads(groups: GroupTerms) -> VaultReads:
         # terms that search no helper's ids
         parts.sort(key=_cost)
         if not _everyone(hidden):
-            parts.insert(0, output(f"bool_and(NOT ({held(hidden)}))", "all"))
+            parts.insert(0, output(f"bool_and(NOT ({held(hidden)}))", "all", "boolean"))
         predicates[group] = " OR ".join(parts)
 
     if not outputs:
-        return VaultReads("SELECT true AS crmdb_none HAVING true", predicates)
+        return VaultReads(
+            "SELECT true AS crmdb_none HAVING true", predicates, (("crmdb_none", "boolean"),)
+        )
     made = []
     for expr, c in calls.items():
         # when: a role of the caller's needs it, for a group not shown on every row
@@ -263,7 +286,8 @@ def vault_reads(groups: GroupTerms) -> VaultReads:
             + ",\n                            ".join(made)
             + "\n                     HAVING true) AS crmdb_calls"
         )
-    return VaultReads(scope, predicates)
+    columns = tuple((c, types[c]) for c in outputs.values())
+    return VaultReads(scope, predicates, columns)
 
 
 def _everyone(roles: set[str] | frozenset[str]) -> bool:

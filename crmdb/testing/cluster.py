@@ -38,6 +38,8 @@ class Cluster:
     version_num: int = field(init=False, default=0)
     # Why crmdb_guard is not loaded on this server (None: it is)
     guard_missing: str | None = field(init=False, default="not built for this backend")
+    # The library built for this server (its statement cache goes into the template)
+    guard_library: Path | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         with psycopg.connect(self.admin_uri) as conn:
@@ -73,6 +75,7 @@ def _load_guard(cluster: Cluster, pg_config: Path) -> Cluster:
         if not guard.loaded(conn):
             raise CrmdbError(f"{library} was built but new sessions do not load it")
     cluster.guard_missing = None
+    cluster.guard_library = library
     return cluster
 
 

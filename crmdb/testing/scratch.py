@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from crmdb import migrate
+from crmdb import guard, migrate
 from crmdb.db import Target
 from crmdb.queries import query
 from crmdb.testing.cluster import Cluster
@@ -78,6 +78,11 @@ class ScratchFactory:
         if self._template is None:
             db = self.empty()
             migrate.apply(db.target)
+            if self.cluster.guard_library is not None:
+                # Policies applied in the clones compile for the statement cache, as on
+                # a server where crmdb guard enable ran
+                with psycopg.connect(self.cluster.uri(db.name), autocommit=True) as conn:
+                    guard.install_statement_cache(conn, self.cluster.guard_library)
             self._template = db.name
         return self._template
 

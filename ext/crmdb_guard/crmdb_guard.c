@@ -12,6 +12,9 @@
  * DBAs, the owner, the worker's login (which holds employee roles NOINHERIT) and a
  * superuser's session after SET ROLE keep it.
  *
+ * The library also holds crmdb's statement cache (scope.c): SQL functions that compute a
+ * caller's scope once per statement for the row policies and crm_api views.
+ *
  * Load it for every session (no restart needed):
  *   ALTER SYSTEM SET session_preload_libraries = 'crmdb_guard'; SELECT pg_reload_conf();
  * `crmdb lint` reports a database whose sessions do not load it.
@@ -73,7 +76,7 @@ _PG_init(void)
 	/* Read-only marker: `SHOW crmdb_guard.version` tells the session loaded it. */
 	DefineCustomStringVariable("crmdb_guard.version",
 							   "crmdb_guard is loaded in this session (its version).",
-							   NULL, &guard_version, "1", PGC_INTERNAL, 0,
+							   NULL, &guard_version, "2", PGC_INTERNAL, 0,
 							   NULL, NULL, NULL);
 	MarkGUCPrefixReserved("crmdb_guard");
 	prev_utility = ProcessUtility_hook;

@@ -357,6 +357,22 @@ def test_api_view_edited_by_hand_keeping_its_comment(broken, desired):
     )
 
 
+def test_scope_view_edited_by_hand(broken, desired, crmdb_guard):
+    # With the statement cache, crm_private.api_<table>_scope decides which groups the
+    # caller sees: widening it (here: every group flag true) is drift like the view's
+    row = broken.execute("SELECT pg_get_viewdef('crm_private.api_customers_scope')").fetchone()
+    assert row is not None and "bool_and" in row[0]
+    edited = row[0].rstrip().rstrip(";").replace("bool_and(", "bool_or(")
+    broken.execute(f"CREATE OR REPLACE VIEW crm_private.api_customers_scope AS {edited}")  # type: ignore[arg-type]
+    found = findings_of(broken, desired, "api_view_drift")
+    assert [(f.object, f.problem) for f in found] == [
+        ("crm_api.customers", "differs from what the templates generate: scope")
+    ]
+    assert_found_and_fixed(
+        broken, desired, "api_view_drift", "crm_api.customers", "CREATE VIEW crm_api.customers"
+    )
+
+
 @pytest.mark.parametrize(
     ("statement", "what"),
     [
