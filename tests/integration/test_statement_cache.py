@@ -37,9 +37,9 @@ def org(db: ScratchDatabase, crmdb_guard: None) -> Iterator[PolicyOrg]:
     yield org
 
 
-def seen(conn: psycopg.Connection, customer: int) -> int:
+def seen(conn: psycopg.Connection, customer: int, *, prepare: bool | None = None) -> int:
     """1 when the connection's role reads the customer's phone through crm_api, else 0."""
-    row = conn.execute(SEEN, (customer,)).fetchone()
+    row = conn.execute(SEEN, (customer,), prepare=prepare).fetchone()
     assert row is not None
     return int(row[0])
 
@@ -85,6 +85,21 @@ def test_a_share_committed_meanwhile_is_seen_by_the_next_statement(org: PolicyOr
         assert seen(rep, c1) == 1  # the same transaction: read committed
         admin.execute("DELETE FROM crm.shares WHERE id = %s", row)
         assert seen(rep, c1) == 0
+        rep.rollback()
+
+
+def test_a_prepared_statement_reads_each_execution_afresh(org: PolicyOrg) -> None:
+    """One generic plan (as psycopg, JDBC and PostgREST reuse them), executed again in
+    the same transaction after a share is committed, then removed."""
+    c1 = org.id("c1")
+    with org.connect_as("rep_c", autocommit=False) as rep, org.db.connect() as admin:
+        rep.execute("SET plan_cache_mode = force_generic_plan")
+        assert seen(rep, c1, prepare=True) == 0
+        row = admin.execute(SHARE, share(org, "c1", "rep_c")).fetchone()
+        assert row is not None
+        assert seen(rep, c1, prepare=True) == 1
+        admin.execute("DELETE FROM crm.shares WHERE id = %s", row)
+        assert seen(rep, c1, prepare=True) == 0
         rep.rollback()
 
 
