@@ -128,8 +128,7 @@ def _generated(
 def api_drift(conn: psycopg.Connection, desired: Desired) -> list[Finding]:
     """crm_api views missing, made by hand, or differing from what the templates generate
     (definition, INSTEAD OF writer, its trigger, grants), each with the script that
-    `crmdb policy plan` would run."""
-    desired = for_database(conn, desired)
+    `crmdb policy plan` would run. `desired`: for conn's database (lint() gives it)."""
     params = {"schemas": list(DEFAULT_SCHEMAS)}  # every check's parameters (%% is %)
     have = {r[0]: r for r in conn.execute(query("api_views", LINT_FILE), params)}
     fields = ("definition", "writer_source", "writer_definer", "writer_enabled", "grants", "scope")

@@ -228,6 +228,11 @@ class ApiView:
     def name(self) -> str:
         return f"crm_api.{self.table.name}"
 
+    @property
+    def scope_name(self) -> str:
+        """The view of the caller's scope with crmdb_guard's statement cache."""
+        return f"crm_private.api_{self.table.name}_scope"
+
 
 @dataclass(frozen=True)
 class CustomField:
@@ -256,6 +261,7 @@ def api_script(view: ApiView, custom: list[CustomField]) -> str:
         ],
         masks=view.masks,
         vault=view.vault,
+        scope_view=view.scope_name,
         grants=view.grants,
         export_filter=view.export_filter,
         export_roles=view.export_roles,

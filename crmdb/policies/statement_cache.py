@@ -45,10 +45,6 @@ def memoized(sql: str) -> str:
     return _CALL.sub(rf"{SCHEMA}.\1(", sql)
 
 
-def scope_view(table: str) -> str:
-    return f"crm_private.api_{table}_scope"
-
-
 def reader(reads: VaultReads, view: str) -> VaultReads:
     """The scope as a view of its own; the predicates read its columns per row."""
     slots = {column: (i, sql_type) for i, (column, sql_type) in enumerate(reads.columns, 1)}
@@ -89,7 +85,7 @@ def cached(desired: Desired) -> Desired:
     api: dict[str, ApiView] = {}
     for name, view in desired.api.items():
         if view.vault is not None:
-            view = dataclasses.replace(view, vault=reader(view.vault, scope_view(view.table.name)))
+            view = dataclasses.replace(view, vault=reader(view.vault, view.scope_name))
         api[name] = view
     return dataclasses.replace(desired, policies=policies, api=api, statement_cache=True)
 

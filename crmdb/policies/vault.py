@@ -123,9 +123,6 @@ class _Call:
     groups: set[str] = field(default_factory=set)  # in which groups' predicates
 
 
-# How the scope row passes a helper's result up (one row: any aggregate keeps it);
-# PostgreSQL has min() for ids and arrays of them, not for boolean.
-_BOOLEAN_HELPERS = {"crm_private.has_template"}
 # What each helper the policies call returns: the scope row's column types
 HELPER_TYPES = {
     "crm_private.employee_id_for": "bigint",
@@ -185,7 +182,9 @@ def vault_reads(groups: GroupTerms) -> VaultReads:
             name = expr.split("(", 1)[0]
             if name not in HELPER_TYPES:
                 raise ValueError(f"vault_reads: unknown helper {name} (add it to HELPER_TYPES)")
-            boolean = name in _BOOLEAN_HELPERS
+            # The scope row passes a helper's result up with an aggregate (one row: any
+            # keeps it); PostgreSQL has min() for ids and arrays of them, not for boolean
+            boolean = HELPER_TYPES[name] == "boolean"
             value = call(expr, "h", group, needed_by, "false" if boolean else "NULL")
             aggregate = f"{'bool_or' if boolean else 'min'}({value})"
             return output(aggregate, "h", HELPER_TYPES[name])
